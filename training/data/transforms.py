@@ -17,11 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-
-def rescale_size(w: int, h: int, max_long: float, max_short: float) -> tuple[int, int, float]:
-    """Keep-ratio size fitting ``max_long`` x ``max_short``: returns (new_w, new_h, scale)."""
-    scale = min(max_long / max(h, w), max_short / min(h, w))
-    return int(w * scale + 0.5), int(h * scale + 0.5), scale
+from runtime.preprocess import rescale_size  # the one SPEC resize rule, shared with the runtime
 
 
 def _resize_stack(masks: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
