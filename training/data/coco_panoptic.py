@@ -102,6 +102,13 @@ class CocoPanopticDataset:
     def __len__(self) -> int:
         return len(self._records)
 
+    def image_info(self, index: int) -> dict[str, Any]:
+        """Without reading any file: ``image_id``, ``file_name``, ``png_name``, ``image_path``,
+        ``png_path``."""
+        rec = self._records[index]
+        return {"image_id": rec["image_id"], "file_name": rec["file_name"], "png_name": rec["png_name"],
+                "image_path": self.image_dir / rec["file_name"], "png_path": self.png_dir / rec["png_name"]}
+
     def __getitem__(self, index: int) -> dict:
         n = len(self._records)
         if not -n <= index < n:
