@@ -9,7 +9,7 @@ WORK := work_dirs/tiny
 # Data and schedule of the demo (the small CPU config, see training/config.py:tiny_synthetic)
 NUM_TRAIN ?= 1000
 NUM_VAL ?= 100
-EPOCHS ?= 8
+EPOCHS ?=
 NPROC ?= 2
 
 .PHONY: setup demo test train evaluate clean-demo
@@ -24,7 +24,7 @@ $(DATA)/annotations/panoptic_val2017.json: | setup
 
 $(WORK)/final.pt: $(DATA)/annotations/panoptic_val2017.json
 	OMP_NUM_THREADS=1 $(PYTHON) -m torch.distributed.run --nproc_per_node $(NPROC) training/train.py \
-		--config tiny_synthetic --data-root $(DATA) --work-dir $(WORK) --epochs $(EPOCHS) --threads 1 \
+		--config tiny_synthetic --data-root $(DATA) --work-dir $(WORK) $(if $(EPOCHS),--epochs $(EPOCHS),) --threads 1 \
 		$(if $(wildcard $(WORK)/latest.pt),--resume,)
 train: $(WORK)/final.pt
 

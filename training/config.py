@@ -260,8 +260,8 @@ def tiny_synthetic(num_thing_classes: int = 4, num_stuff_classes: int = 3) -> Tr
     )
     return TrainConfig(
         model=model,
-        solver=SolverConfig(base_lr=0.02, batch_size=8, warmup_iters=100, max_epochs=12,
-                            lr_step_epochs=(9, 11), clip_grad_norm=10.0),
+        solver=SolverConfig(base_lr=0.02, batch_size=8, warmup_iters=100, max_epochs=6,
+                            lr_step_epochs=(4, 5), clip_grad_norm=10.0),
         data=DataConfig(train_short_side_range=(192, 192), flip_prob=0.5),
     )
 
