@@ -23,3 +23,33 @@ def resize_image(image: np.ndarray, max_long_side: int, max_short_side: int) -> 
     new_w, new_h, _ = rescale_size(w, h, max_long_side, max_short_side)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return resized, (new_w / w, new_h / h)
+
+
+def pad_batch(images: list[np.ndarray], size_divisor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad (h_i, w_i, 3) uint8 images at the bottom/right to one (B, H, W, 3) batch with H, W
+    multiples of ``size_divisor`` -> (batch, image_sizes (B, 2) int64 (h_i, w_i))."""
+    if not images:
+        raise ValueError("empty batch")
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    h = -(-h // size_divisor) * size_divisor
+    w = -(-w // size_divisor) * size_divisor
+    batch = np.zeros((len(images), h, w, 3), dtype=np.uint8)
+    sizes = np.zeros((len(images), 2), dtype=np.int64)
+    for i, im in enumerate(images):
+        batch[i, : im.shape[0], : im.shape[1]] = im
+        sizes[i] = im.shape[:2]
+    return batch, sizes
+
+
+def prepare_batch(images_bgr: list[np.ndarray], max_long_side: int, max_short_side: int, size_divisor: int
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
+    """SPEC pre-processing outside the graph: resize each image, pad the batch.
+    -> (images (B, H, W, 3) uint8 BGR, image_sizes (B, 2) int64, scale factors (new_w / w, new_h / h))."""
+    resized, factors = [], []
+    for im in images_bgr:
+        r, f = resize_image(im, max_long_side, max_short_side)
+        resized.append(r)
+        factors.append(f)
+    batch, sizes = pad_batch(resized, size_divisor)
+    return batch, sizes, factors

@@ -89,22 +89,11 @@ class PanopticPredictor:
         bgr = [load_bgr(im) for im in images]
         batch = self.prepare(bgr)
         raw = self.model(batch.images, batch.image_sizes)
-        out = []
-        fusion = self.config.fusion
-        for i, det in enumerate(raw.detections):
-            h, w = batch.original_sizes[i]
-            sx, sy = batch.scale_factors[i]
-            # Reference: boxes /= float32 tensor of (w_scale, h_scale, w_scale, h_scale).
-            boxes = det.boxes / det.boxes.new_tensor([sx, sy, sx, sy])
-            masks = paste_masks(det.mask_probs, boxes, (h, w), self.config.mask_head.mask_threshold)
-            logits = upsample_semantic_logits(raw.semantic_logits[i], padded_size=tuple(batch.images.shape[-2:]),
-                                              resized_size=batch.image_sizes[i], original_size=(h, w))
-            pan, kept = heuristic_fusion(masks, det.labels, det.scores, logits,
-                                   num_thing_classes=self.config.num_thing_classes,
-                                   mask_overlap_threshold=fusion.mask_overlap_threshold,
-                                   stuff_area_limit=fusion.stuff_area_limit, instance_offset=fusion.instance_offset)
-            out.append(LabelMapPrediction(pan, Detections(boxes, det.scores, det.labels, det.mask_probs), masks, kept))
-        return out
+        padded = tuple(batch.images.shape[-2:])
+        return [label_map_single_image(det, raw.semantic_logits[i], self.config, padded_size=padded,
+                                       resized_size=batch.image_sizes[i], original_size=batch.original_sizes[i],
+                                       scale_factor=batch.scale_factors[i])
+                for i, det in enumerate(raw.detections)]
 
     def predict_batch(self, images: list[np.ndarray | str | os.PathLike]) -> list[PanopticResult]:
         results = []
@@ -118,3 +107,22 @@ class PanopticPredictor:
     def predict(self, image: np.ndarray | str | os.PathLike) -> PanopticResult:
         """image: (H, W, 3) uint8 BGR array or an image path."""
         return self.predict_batch([image])[0]
+
+
+def label_map_single_image(det: Detections, semantic_logits: Tensor, config: ModelConfig, *,
+                           padded_size: tuple[int, int], resized_size: tuple[int, int],
+                           original_size: tuple[int, int], scale_factor: tuple[float, float]) -> LabelMapPrediction:
+    """Raw outputs of one image (boxes in resized pixels, 28x28 probabilities, stride-4 logits
+    (K, H_pad / 4, W_pad / 4)) -> the model-level panoptic map: boxes back to the original image,
+    masks pasted, logits upsampled, heuristic fusion (SPEC)."""
+    sx, sy = scale_factor
+    # Reference: boxes /= float32 tensor of (w_scale, h_scale, w_scale, h_scale).
+    boxes = det.boxes / det.boxes.new_tensor([sx, sy, sx, sy])
+    masks = paste_masks(det.mask_probs, boxes, original_size, config.mask_head.mask_threshold)
+    logits = upsample_semantic_logits(semantic_logits, padded_size=padded_size, resized_size=resized_size,
+                                      original_size=original_size)
+    fusion = config.fusion
+    pan, kept = heuristic_fusion(masks, det.labels, det.scores, logits, num_thing_classes=config.num_thing_classes,
+                                 mask_overlap_threshold=fusion.mask_overlap_threshold,
+                                 stuff_area_limit=fusion.stuff_area_limit, instance_offset=fusion.instance_offset)
+    return LabelMapPrediction(pan, Detections(boxes, det.scores, det.labels, det.mask_probs), masks, kept)

@@ -1,0 +1,162 @@
+"""The traceable inference graph: the export contract (``runtime/contract.py``) around the
+trained model's modules, with RPN proposals, box post-processing and the mask head written as
+batched tensor code plus the two custom ops (``plugins/torch_ops.py``).
+
+Differences from the PyTorch predictor (``training/``), all inherent to a fixed-shape graph:
+per-level top-k uses TopK instead of a full sort, and NMS orders equal scores differently;
+compare detections after matching boxes, not by index.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import plugins.torch_ops  # noqa: F401  (registers torch.ops.pfpn.*)
+from training.config import ModelConfig
+from training.model.anchors import base_anchors
+from training.model.box_ops import DELTA_WH_CLAMP
+from training.model.panoptic_fpn import PanopticFPN
+
+_INVALID_SCORE = -1.0  # scores are probabilities; this marks padding / removed boxes
+
+
+def decode_clip(anchors: Tensor, deltas: Tensor, stds: tuple[float, ...], image_hw: Tensor) -> Tensor:
+    """Batched delta decoding + clipping, the same float operations as
+    ``training.model.box_ops.decode_boxes``.
+
+    anchors, deltas: (B, M, 4); image_hw: (B, 2) float (h, w) -> (B, M, 4).
+    """
+    d = deltas * deltas.new_tensor(stds) + deltas.new_zeros(4)
+    pxy = (anchors[..., :2] + anchors[..., 2:]) * 0.5
+    pwh = anchors[..., 2:] - anchors[..., :2]
+    dxy_wh = pwh * d[..., :2]
+    dwh = d[..., 2:].clamp(min=-DELTA_WH_CLAMP, max=DELTA_WH_CLAMP)
+    gxy = pxy + dxy_wh
+    gwh = pwh * dwh.exp()
+    x1y1 = gxy - gwh * 0.5
+    x2y2 = gxy + gwh * 0.5
+    h = image_hw[:, 0].view(-1, 1)
+    w = image_hw[:, 1].view(-1, 1)
+    while h.dim() < x1y1.dim() - 1:
+        h, w = h.unsqueeze(-1), w.unsqueeze(-1)
+    x1 = torch.min(x1y1[..., 0].clamp(min=0), w)
+    y1 = torch.min(x1y1[..., 1].clamp(min=0), h)
+    x2 = torch.min(x2y2[..., 0].clamp(min=0), w)
+    y2 = torch.min(x2y2[..., 1].clamp(min=0), h)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+class ExportablePanopticFPN(nn.Module):
+    """forward(images uint8 [B, H, W, 3] BGR, image_sizes int64 [B, 2]) -> the contract outputs."""
+
+    def __init__(self, model: PanopticFPN, config: ModelConfig) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.config = config
+        inp = config.input
+        self.register_buffer("mean", torch.tensor(inp.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(inp.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        rpn = config.rpn
+        for i, stride in enumerate(rpn.strides):
+            self.register_buffer(f"base_anchors_{i}", base_anchors(stride, rpn.anchor_scale, rpn.anchor_ratios),
+                                 persistent=False)
+
+    # ------------------------------------------------------------------------------------------
+    def preprocess(self, images: Tensor, image_sizes: Tensor) -> Tensor:
+        """uint8 BGR NHWC (zero-padded) -> normalised RGB NCHW, zero outside each image."""
+        x = images.permute(0, 3, 1, 2).float()[:, [2, 1, 0]]
+        x = (x - self.mean) / self.std
+        rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
+        cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)
+        valid = (rows < image_sizes[:, 0].view(-1, 1, 1)) & (cols < image_sizes[:, 1].view(-1, 1, 1))
+        return torch.where(valid.unsqueeze(1), x, torch.zeros_like(x))
+
+    def level_anchors(self, feat: Tensor, level: int) -> Tensor:
+        """(H_l * W_l * A, 4) anchors of one level, (y, x, anchor) order, from the map's shape."""
+        stride = float(self.config.rpn.strides[level])
+        shift_x = torch.arange(feat.shape[3], device=feat.device).float() * stride
+        shift_y = torch.arange(feat.shape[2], device=feat.device).float() * stride
+        yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+        shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+        return (shifts + getattr(self, f"base_anchors_{level}")[None]).reshape(-1, 4)
+
+    def proposals(self, feats: list[Tensor], image_hw: Tensor) -> tuple[Tensor, Tensor]:
+        """-> proposals (B, P, 4), valid (B, P) bool with P = post_nms_top_n."""
+        rpn = self.config.rpn
+        k = rpn.pre_nms_top_n_test
+        objectness, deltas = self.model.rpn_head(feats)
+        all_boxes, all_scores, all_levels = [], [], []
+        for level, (obj, dlt, feat) in enumerate(zip(objectness, deltas, feats)):
+            b = obj.shape[0]
+            scores = obj.permute(0, 2, 3, 1).reshape(b, -1).sigmoid()
+            dlt = dlt.permute(0, 2, 3, 1).reshape(b, -1, 4)
+            anchors = self.level_anchors(feat, level)
+            # pad so that top-k always has k entries (levels with fewer anchors than k)
+            scores = F.pad(scores, (0, k), value=_INVALID_SCORE)
+            dlt = F.pad(dlt, (0, 0, 0, k))
+            anchors = F.pad(anchors, (0, 0, 0, k))
+            top_scores, top_idx = scores.topk(k, dim=1)
+            top_deltas = torch.gather(dlt, 1, top_idx.unsqueeze(-1).expand(-1, -1, 4))
+            boxes = decode_clip(anchors[top_idx], top_deltas, (1.0, 1.0, 1.0, 1.0), image_hw)
+            w = boxes[..., 2] - boxes[..., 0]
+            h = boxes[..., 3] - boxes[..., 1]
+            valid = (top_scores >= 0) & (w > rpn.min_box_size) & (h > rpn.min_box_size)
+            all_boxes.append(boxes)
+            all_scores.append(torch.where(valid, top_scores, torch.full_like(top_scores, _INVALID_SCORE)))
+            all_levels.append(torch.full_like(top_idx, level))
+        boxes = torch.cat(all_boxes, 1)
+        selected, _ = torch.ops.pfpn.batched_nms(boxes, torch.cat(all_scores, 1), torch.cat(all_levels, 1),
+                                                 rpn.nms_iou_threshold, _INVALID_SCORE / 2, rpn.post_nms_top_n_test)
+        valid = selected >= 0
+        proposals = torch.gather(boxes, 1, selected.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4))
+        return proposals * valid.unsqueeze(-1).float(), valid
+
+    def roi_align(self, feats: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+        """boxes (B, R, 4) -> (B * R, C, size, size)."""
+        b, r = boxes.shape[0], boxes.shape[1]
+        batch = torch.arange(b, device=boxes.device).float().view(-1, 1, 1).expand(-1, r, 1)
+        rois = torch.cat([batch, boxes], dim=-1).reshape(-1, 5)
+        return torch.ops.pfpn.multilevel_roi_align(rois, feats[0], feats[1], feats[2], feats[3], size, 0,
+                                                   self.config.box_head.finest_scale)
+
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
+        cfg = self.config
+        x = self.preprocess(images, image_sizes)
+        image_hw = image_sizes.float()
+        feats = self.model.neck(self.model.backbone(x))
+        proposals, prop_valid = self.proposals(feats, image_hw)
+        b, p = proposals.shape[0], proposals.shape[1]
+        t = cfg.num_thing_classes
+
+        # box head: every (proposal, class) with score > threshold is a candidate
+        class_logits, box_deltas = self.model.roi_head.bbox_head(self.roi_align(feats, proposals, cfg.box_head.roi_size))
+        scores = F.softmax(class_logits, dim=-1)[:, :t].reshape(b, p, t) * prop_valid.unsqueeze(-1).float()
+        cand_boxes = decode_clip(proposals.unsqueeze(2).expand(-1, -1, t, -1), box_deltas.reshape(b, p, t, 4),
+                                 cfg.box_head.box_stds, image_hw)
+        cand_boxes = cand_boxes.reshape(b, p * t, 4)
+        scores = scores.reshape(b, p * t)
+        selected, num = torch.ops.pfpn.batched_nms(cand_boxes, scores, None, cfg.box_head.nms_iou_threshold,
+                                                   cfg.box_head.score_threshold, cfg.box_head.max_detections)
+        valid = selected >= 0
+        index = selected.clamp(min=0)
+        fvalid = valid.float()
+        det_boxes = torch.gather(cand_boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4)) * fvalid.unsqueeze(-1)
+        det_scores = torch.gather(scores, 1, index) * fvalid
+        det_labels = torch.remainder(index, t) * valid.long()
+
+        # mask head on the kept boxes, the detected class's channel
+        d = det_boxes.shape[1]
+        mask_logits = self.model.roi_head.mask_head(self.roi_align(feats, det_boxes, cfg.mask_head.roi_size))
+        m = mask_logits.shape[-1]
+        chosen = torch.gather(mask_logits, 1, det_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
+        mask_probs = chosen.sigmoid().reshape(b, d, m, m) * fvalid.view(b, d, 1, 1)
+
+        semantic_logits = self.model.semantic_head(feats[:4])
+        return det_boxes, det_scores, det_labels, mask_probs, num, semantic_logits
+
+
+def pad_to_multiple(size: int, divisor: int) -> int:
+    return int(math.ceil(size / divisor) * divisor)

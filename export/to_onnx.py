@@ -1,0 +1,208 @@
+"""Export a Panoptic FPN checkpoint to ONNX.
+
+    python export/to_onnx.py --ckpt work_dirs/tiny/final.pt                      # -> final_ort.onnx
+    python export/to_onnx.py --ckpt panoptic_fpn_r50.pth --flavor trt --verify --verify-images DIR
+
+The file follows the export contract (runtime/contract.py): uint8 BGR images resized and padded
+by the caller, normalisation inside the graph, fixed-size detections with a valid count, 28x28
+mask probabilities of the detected class and stride-4 semantic logits. Height, width and batch
+are dynamic. Its metadata carries the contract version, mean/std, input format, categories and
+every threshold.
+
+Flavors: `ort` lowers the custom RoIAlign / NMS ops to standard ONNX (ONNX Runtime, OpenVINO,
+TensorRT's built-in layers); `trt` keeps them as custom nodes for the TensorRT plugins (they also
+run on the CPU under ONNX Runtime with onnxruntime-extensions).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MIN_OPSET = 17
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="our checkpoint (.pt) or a published mmdetection one (.pth)")
+    p.add_argument("--out", help="output .onnx path (default: next to the checkpoint, <name>_<flavor>.onnx)")
+    p.add_argument("--flavor", choices=["ort", "trt"], default="ort",
+                   help="ort: standard ONNX ops only; trt: custom RoIAlign/NMS nodes for TensorRT plugins")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET}; default {MIN_OPSET})")
+    p.add_argument("--export-size", default=None, metavar="HxW",
+                   help="image size traced at export (any size runs later; default: the config's max short x "
+                        "max long side)")
+    p.add_argument("--categories", help="COCO panoptic JSON whose categories a published checkpoint with "
+                   "non-COCO classes should use")
+    p.add_argument("--simplify", action="store_true", help="run onnxslim on the exported graph (needs onnxslim)")
+    p.add_argument("--verify", action="store_true",
+                   help="run ONNX Runtime against PyTorch on real images and print the parity (non-zero exit if any "
+                        "image is outside the thresholds)")
+    p.add_argument("--verify-images", help="folder of images for --verify (default: 4 generated synthetic images)")
+    p.add_argument("--verify-count", type=int, default=20, help="at most this many images from --verify-images")
+    p.add_argument("--verify-json", help="also write the parity rows to this JSON file")
+    p.add_argument("--threads", type=int, help="torch / ONNX Runtime CPU threads")
+    return p.parse_args(argv)
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export(args: argparse.Namespace) -> Path:
+    import onnx
+    import torch
+
+    from export.graph import ExportablePanopticFPN
+    from export.metadata import build_metadata, write_metadata
+    from plugins.torch_ops import export_flavor
+    from runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
+    from training.checkpoint import categories_from_json, load_model
+
+    if args.opset < MIN_OPSET:
+        raise ExportError(f"--opset {args.opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
+                          f"this exporter emits opset >= {MIN_OPSET}")
+    ckpt_path = Path(args.ckpt)
+    categories = None
+    if args.categories:
+        categories = categories_from_json(json.loads(Path(args.categories).read_text())["categories"])
+    model, ckpt = load_model(ckpt_path, categories=categories)
+    config = ckpt.config.model
+    out = Path(args.out) if args.out else ckpt_path.with_name(f"{ckpt_path.stem}_{args.flavor}.onnx")
+    if out.suffix != ".onnx":
+        raise ExportError(f"--out must end with .onnx, got {out}")
+    if args.export_size:
+        try:
+            h, w = (int(v) for v in args.export_size.lower().split("x"))
+        except ValueError:
+            raise ExportError(f"--export-size must look like 800x1344, got {args.export_size!r}") from None
+    else:
+        h, w = config.input.max_short_side, config.input.max_long_side
+    div = config.input.size_divisor
+    ph, pw = -(-h // div) * div, -(-w // div) * div
+    images = torch.zeros(1, ph, pw, 3, dtype=torch.uint8)
+    images[:, :h, :w] = torch.randint(0, 256, (1, h, w, 3), generator=torch.Generator().manual_seed(0),
+                                      dtype=torch.uint8)
+    sizes = torch.tensor([[h, w]], dtype=torch.int64)
+    graph = ExportablePanopticFPN(model, config).eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        t0 = time.time()
+        with export_flavor(args.flavor), torch.no_grad(), _quiet_export_warnings():
+            torch.onnx.export(graph, (images, sizes), tmp, dynamo=False, opset_version=args.opset,
+                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                              dynamic_axes=DYNAMIC_AXES, do_constant_folding=True)
+        proto = onnx.load(tmp)
+        if args.simplify:
+            proto = _simplify(proto)
+        write_metadata(proto, build_metadata(config, ckpt.categories, flavor=args.flavor,
+                                             source=f"{ckpt_path.name} ({ckpt.source})"))
+        onnx.save(proto, tmp)
+        onnx.checker.check_model(tmp, full_check=True)
+        os.replace(tmp, out)
+        print(f"exported {out} ({args.flavor}, opset {args.opset}, {out.stat().st_size / 1e6:.1f} MB) "
+              f"in {time.time() - t0:.1f} s")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+class _quiet_export_warnings:
+    """The TorchScript exporter warns about every traced shape computation; keep the console readable."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _simplify(proto):
+    try:
+        import onnxslim
+    except ImportError:
+        raise ExportError("--simplify needs onnxslim (pip install onnxslim)") from None
+    return onnxslim.slim(proto)
+
+
+def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
+    import onnxruntime as ort
+
+    from export.verify import compare, format_parity, parity_dicts
+    from training.predictor import PanopticPredictor
+
+    predictor = PanopticPredictor.from_checkpoint(args.ckpt)
+    options = ort.SessionOptions()
+    if args.flavor == "trt":
+        from plugins.ort_ops import session_options
+
+        options = session_options()
+    if args.threads:
+        options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    if args.verify_images:
+        folder = Path(args.verify_images)
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        images = images[: args.verify_count]
+        if not images:
+            raise ExportError(f"no .jpg/.png images in {folder}")
+    else:
+        images = _synthetic_images()
+    rows = compare(predictor, session, images)
+    print(format_parity(rows))
+    if args.verify_json:
+        Path(args.verify_json).write_text(json.dumps(parity_dicts(rows), indent=2))
+    return all(r.ok for r in rows)
+
+
+def _synthetic_images() -> list:
+    import numpy as np
+
+    from training.data.synthetic import make_synthetic_sample
+
+    rng = np.random.default_rng(0)
+    return [make_synthetic_sample(rng, h, w)[0] for h, w in ((192, 256), (256, 192), (200, 301), (480, 640))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        out = export(args)
+        if args.verify and not verify(args, out):
+            print("error: parity check failed (see the table above)", file=sys.stderr)
+            return 1
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # checkpoint problems etc.: one clear line, no traceback
+        from training.checkpoint import CheckpointError
+
+        if isinstance(e, (CheckpointError, FileNotFoundError, ValueError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Parity of an exported ONNX file against the PyTorch predictor on real images.
+
+Per image: detections matched one-to-one by IoU (same label; NMS tie order may differ, so
+never by index), their IoU and score difference, the mean absolute difference of the matched
+28x28 mask probabilities, the relative error of the stride-4 semantic logits, and the fraction
+of identical pixels of the final panoptic maps (ONNX outputs post-processed exactly like the
+PyTorch predictor's raw outputs).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from runtime.preprocess import prepare_batch
+from training.model.box_ops import box_iou
+from training.model.panoptic_fpn import Detections
+from training.predictor import PanopticPredictor, label_map_single_image, load_bgr
+
+# the acceptance thresholds of the export (issue 3)
+MIN_IOU = 0.99
+MAX_SCORE_DIFF = 1e-4
+MAX_MASK_MAD = 1e-4
+MAX_SEMANTIC_REL_ERR = 1e-4
+MIN_PANOPTIC_AGREEMENT = 0.999
+
+
+@dataclass
+class ImageParity:
+    name: str
+    size: tuple[int, int]  # original (h, w)
+    num_torch: int
+    num_onnx: int
+    num_matched: int
+    min_iou: float
+    max_score_diff: float
+    mask_mad: float
+    semantic_rel_err: float
+    panoptic_agreement: float
+
+    @property
+    def ok(self) -> bool:
+        return (self.num_torch == self.num_onnx == self.num_matched and self.min_iou >= MIN_IOU
+                and self.max_score_diff <= MAX_SCORE_DIFF and self.mask_mad <= MAX_MASK_MAD
+                and self.semantic_rel_err <= MAX_SEMANTIC_REL_ERR
+                and self.panoptic_agreement >= MIN_PANOPTIC_AGREEMENT)
+
+
+def match_detections(boxes_a: torch.Tensor, labels_a: torch.Tensor, boxes_b: torch.Tensor, labels_b: torch.Tensor
+                     ) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one matching by IoU among same-label pairs, best pairs first.
+    -> [(index in a, index in b, IoU)] for pairs with IoU > 0."""
+    if boxes_a.numel() == 0 or boxes_b.numel() == 0:
+        return []
+    iou = box_iou(boxes_a.double(), boxes_b.double())
+    iou[labels_a[:, None] != labels_b[None, :]] = 0
+    pairs = []
+    used_a, used_b = set(), set()
+    for flat in torch.argsort(iou.flatten(), descending=True, stable=True).tolist():
+        i, j = divmod(flat, iou.shape[1])
+        if iou[i, j] <= 0:
+            break
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        pairs.append((i, j, float(iou[i, j])))
+    return pairs
+
+
+def onnx_detections(outputs: Sequence[np.ndarray], index: int) -> tuple[Detections, torch.Tensor]:
+    """Contract outputs of one batch element -> (Detections in resized pixels, stride-4 logits)."""
+    boxes, scores, labels, masks, num, semantic = outputs
+    n = int(num[index])
+    det = Detections(torch.from_numpy(boxes[index, :n].copy()), torch.from_numpy(scores[index, :n].copy()),
+                     torch.from_numpy(labels[index, :n].astype(np.int64)), torch.from_numpy(masks[index, :n].copy()))
+    return det, torch.from_numpy(semantic[index].copy())
+
+
+def compare(predictor: PanopticPredictor, session, images: Sequence[np.ndarray | str | os.PathLike],
+            names: Sequence[str] | None = None, batch_size: int = 1) -> list[ImageParity]:
+    """Run both on ``images``; ``session`` is an onnxruntime.InferenceSession of the exported file."""
+    config = predictor.config
+    bgr = [load_bgr(im) for im in images]
+    names = list(names) if names is not None else [str(Path(im).name) if isinstance(im, (str, os.PathLike))
+                                                   else f"image{i}" for i, im in enumerate(images)]
+    results = []
+    for start in range(0, len(bgr), batch_size):
+        chunk = bgr[start:start + batch_size]
+        batch, sizes, factors = prepare_batch(chunk, config.input.max_long_side, config.input.max_short_side,
+                                              config.input.size_divisor)
+        outputs = session.run(None, {"images": batch, "image_sizes": sizes})
+        for j, image in enumerate(chunk):
+            results.append(_compare_one(predictor, image, outputs, j, batch.shape[1:3], tuple(sizes[j]), factors[j],
+                                        names[start + j]))
+    return results
+
+
+@torch.no_grad()
+def _compare_one(predictor: PanopticPredictor, image: np.ndarray, outputs, j: int, padded: tuple[int, int],
+                 resized: tuple[int, int], factor: tuple[float, float], name: str) -> ImageParity:
+    config = predictor.config
+    prep = predictor.prepare([image])
+    raw = predictor.model(prep.images, prep.image_sizes)
+    ref_det, ref_sem = raw.detections[0], raw.semantic_logits[0]
+    ref = label_map_single_image(ref_det, ref_sem, config, padded_size=tuple(prep.images.shape[-2:]),
+                                 resized_size=prep.image_sizes[0], original_size=prep.original_sizes[0],
+                                 scale_factor=prep.scale_factors[0])
+    det, sem = onnx_detections(outputs, j)
+    got = label_map_single_image(det, sem, config, padded_size=tuple(padded), resized_size=tuple(resized),
+                                 original_size=image.shape[:2], scale_factor=factor)
+    pairs = match_detections(ref_det.boxes, ref_det.labels, det.boxes, det.labels)
+    ious = [p[2] for p in pairs]
+    score_diff = [abs(float(ref_det.scores[i]) - float(det.scores[k])) for i, k, _ in pairs]
+    mask_mad = [float((ref_det.mask_probs[i] - det.mask_probs[k]).abs().mean()) for i, k, _ in pairs]
+    h4, w4 = -(-resized[0] // 4), -(-resized[1] // 4)
+    a, b = ref_sem[:, :h4, :w4], sem[:, :h4, :w4]
+    rel = float((a - b).abs().max() / a.abs().max().clamp(min=1e-6))
+    agreement = float((ref.label_map == got.label_map).float().mean())
+    return ImageParity(name=name, size=tuple(image.shape[:2]), num_torch=int(ref_det.boxes.shape[0]),
+                       num_onnx=int(det.boxes.shape[0]), num_matched=len(pairs), min_iou=min(ious, default=1.0),
+                       max_score_diff=max(score_diff, default=0.0), mask_mad=max(mask_mad, default=0.0),
+                       semantic_rel_err=rel, panoptic_agreement=agreement)
+
+
+def format_parity(rows: Sequence[ImageParity]) -> str:
+    head = (f"{'image':28s} {'size':>9s} {'det t/o/m':>10s} {'min IoU':>8s} {'d score':>9s} {'mask MAD':>9s} "
+            f"{'sem rel':>9s} {'pan agree':>9s}  ok")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.name[:28]:28s} {r.size[0]:4d}x{r.size[1]:<4d} {r.num_torch:3d}/{r.num_onnx:3d}/{r.num_matched:<3d}"
+                     f" {r.min_iou:8.5f} {r.max_score_diff:9.2e} {r.mask_mad:9.2e} {r.semantic_rel_err:9.2e} "
+                     f"{r.panoptic_agreement:9.5f}  {'yes' if r.ok else 'NO'}")
+    if rows:
+        lines.append(f"{sum(r.ok for r in rows)}/{len(rows)} images within thresholds (IoU >= {MIN_IOU}, "
+                     f"score diff <= {MAX_SCORE_DIFF}, mask MAD <= {MAX_MASK_MAD}, semantic rel. err <= "
+                     f"{MAX_SEMANTIC_REL_ERR}, panoptic agreement >= {MIN_PANOPTIC_AGREEMENT})")
+    return "\n".join(lines)
+
+
+def parity_dicts(rows: Sequence[ImageParity]) -> list[dict]:
+    return [{**asdict(r), "ok": r.ok} for r in rows]
