@@ -45,8 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", action="store_true",
                    help="run ONNX Runtime against PyTorch on real images and print the parity (non-zero exit if any "
                         "image is outside the thresholds)")
-    p.add_argument("--verify-images", help="folder of images for --verify (default: 4 generated synthetic images)")
-    p.add_argument("--verify-count", type=int, default=20, help="at most this many images from --verify-images")
+    p.add_argument("--verify-images", help="folder of images for --verify (default: generated synthetic images "
+                   "at 6 sizes, portrait and landscape, not multiples of 32)")
+    p.add_argument("--verify-count", type=int, default=24, help="number of images to verify on (default 24)")
+    p.add_argument("--verify-backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="run the exported file with ONNX Runtime (CPU) or OpenVINO (CPU, f32; ort flavor only)")
     p.add_argument("--verify-json", help="also write the parity rows to this JSON file")
     p.add_argument("--threads", type=int, help="torch / ONNX Runtime CPU threads")
     return p.parse_args(argv)
@@ -144,10 +147,16 @@ def _simplify(proto):
 def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
     import onnxruntime as ort
 
-    from export.verify import compare, format_parity, parity_dicts
     from training.predictor import PanopticPredictor
 
     predictor = PanopticPredictor.from_checkpoint(args.ckpt)
+    if args.verify_backend == "openvino":
+        if args.flavor != "ort":
+            raise ExportError("OpenVINO runs the ort flavor only (the trt flavor has TensorRT custom nodes)")
+        from export.openvino_session import OpenVinoSession
+
+        session = OpenVinoSession(onnx_path, threads=args.threads)
+        return _verify_with(args, predictor, session)
     options = ort.SessionOptions()
     if args.flavor == "trt":
         from plugins.ort_ops import session_options
@@ -156,6 +165,12 @@ def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
     if args.threads:
         options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return _verify_with(args, predictor, session)
+
+
+def _verify_with(args: argparse.Namespace, predictor, session) -> bool:
+    from export.verify import compare, format_parity, parity_dicts
+
     if args.verify_images:
         folder = Path(args.verify_images)
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -163,7 +178,7 @@ def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
         if not images:
             raise ExportError(f"no .jpg/.png images in {folder}")
     else:
-        images = _synthetic_images()
+        images = _synthetic_images(args.verify_count)
     rows = compare(predictor, session, images)
     print(format_parity(rows))
     if args.verify_json:
@@ -171,13 +186,18 @@ def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
     return all(r.ok for r in rows)
 
 
-def _synthetic_images() -> list:
+# default --verify images: landscape, portrait, sizes that are not multiples of 32, and 480x800
+# (which the published config resizes to exactly 800x1333)
+VERIFY_SIZES = ((192, 256), (256, 192), (200, 301), (333, 250), (480, 800), (97, 131))
+
+
+def _synthetic_images(count: int = 24) -> list:
     import numpy as np
 
     from training.data.synthetic import make_synthetic_sample
 
     rng = np.random.default_rng(0)
-    return [make_synthetic_sample(rng, h, w)[0] for h, w in ((192, 256), (256, 192), (200, 301), (480, 640))]
+    return [make_synthetic_sample(rng, *VERIFY_SIZES[i % len(VERIFY_SIZES)])[0] for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,13 @@ def roi_align_single(feat: np.ndarray, box: Sequence[float], *, scale: float, ou
     count = max(grid_h * grid_w, 1)
     wy = _axis_weights(y1, roi_h, oh, grid_h, h)
     wx = _axis_weights(x1, roi_w, ow, grid_w, w)
-    out = np.einsum("ph,chw,qw->cpq", wy, feat.astype(np.float64), wx) / count
+    rows = np.nonzero(wy.any(0))[0]
+    cols = np.nonzero(wx.any(0))[0]
+    if rows.size == 0 or cols.size == 0:
+        return np.zeros((c, oh, ow), dtype=np.float32)
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # only the rows/columns sampled
+    window = feat[:, r0:r1, c0:c1].astype(np.float64)
+    out = np.einsum("ph,chw,qw->cpq", wy[:, r0:r1], window, wx[:, c0:c1]) / count
     return out.astype(np.float32)
 
 
