@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +66,7 @@ def export(args: argparse.Namespace) -> Path:
     from export.metadata import build_metadata, write_metadata
     from plugins.torch_ops import export_flavor
     from runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
+    from runtime.panoptic_io import temporary_sibling
     from training.checkpoint import categories_from_json, load_model
 
     if args.opset < MIN_OPSET:
@@ -96,9 +96,7 @@ def export(args: argparse.Namespace) -> Path:
     sizes = torch.tensor([[h, w]], dtype=torch.int64)
     graph = ExportablePanopticFPN(model, config).eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_sibling(out)
     try:
         t0 = time.time()
         with export_flavor(args.flavor), torch.no_grad(), _quiet_export_warnings():

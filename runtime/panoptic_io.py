@@ -60,11 +60,21 @@ def write_panoptic_png(path: str | os.PathLike, ids: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+def temporary_sibling(path: str | os.PathLike) -> str:
+    """A new empty file beside ``path`` (same folder, so a rename is atomic), readable by all
+    like an ordinary new file (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    tmp = temporary_sibling(path)
+    fd = os.open(tmp, os.O_WRONLY)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -15,7 +15,6 @@ an error naming the tensors. Files are written atomically (temporary file + rena
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from runtime.coco_categories import coco_panoptic_categories
-from runtime.panoptic_io import Category, CategoryTable
+from runtime.panoptic_io import Category, CategoryTable, temporary_sibling
 from training.config import (BackboneConfig, ModelConfig, TrainConfig, to_dict, train_config_from_dict)
 from training.model.panoptic_fpn import PanopticFPN, build_model
 
@@ -52,10 +51,7 @@ class Checkpoint:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save through a temporary file in the same folder and a rename: a crash never
     leaves a half-written checkpoint under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_sibling(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
