@@ -21,6 +21,20 @@ from training.model.box_ops import DELTA_WH_CLAMP
 from training.model.panoptic_fpn import PanopticFPN
 
 _INVALID_SCORE = -1.0  # scores are probabilities; this marks padding / removed boxes
+# Padding rows are pooled from this box: some RoIAlign implementations (OpenVINO's) return NaN
+# for empty boxes, and padding must never produce NaN.
+_UNIT_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+def _where_valid(valid: Tensor, x: Tensor, fill) -> Tensor:
+    """x where valid (broadcast over x's trailing dims), else ``fill`` (a scalar or a box).
+    valid: (B, N) bool; x: (B, N, ...)."""
+    mask = valid.view(*valid.shape, *([1] * (x.dim() - valid.dim())))
+    if isinstance(fill, tuple):
+        fill_t = x.new_tensor(fill)
+    else:
+        fill_t = torch.full_like(x, fill) if not isinstance(fill, Tensor) else fill
+    return torch.where(mask, x, fill_t)
 
 
 def decode_clip(anchors: Tensor, deltas: Tensor, stds: tuple[float, ...], image_hw: Tensor) -> Tensor:
@@ -112,7 +126,7 @@ class ExportablePanopticFPN(nn.Module):
                                                  rpn.nms_iou_threshold, _INVALID_SCORE / 2, rpn.post_nms_top_n_test)
         valid = selected >= 0
         proposals = torch.gather(boxes, 1, selected.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4))
-        return proposals * valid.unsqueeze(-1).float(), valid
+        return _where_valid(valid, proposals, _UNIT_BOX), valid
 
     def roi_align(self, feats: list[Tensor], boxes: Tensor, size: int) -> Tensor:
         """boxes (B, R, 4) -> (B * R, C, size, size)."""
@@ -133,7 +147,7 @@ class ExportablePanopticFPN(nn.Module):
 
         # box head: every (proposal, class) with score > threshold is a candidate
         class_logits, box_deltas = self.model.roi_head.bbox_head(self.roi_align(feats, proposals, cfg.box_head.roi_size))
-        scores = F.softmax(class_logits, dim=-1)[:, :t].reshape(b, p, t) * prop_valid.unsqueeze(-1).float()
+        scores = _where_valid(prop_valid, F.softmax(class_logits, dim=-1)[:, :t].reshape(b, p, t), 0.0)
         cand_boxes = decode_clip(proposals.unsqueeze(2).expand(-1, -1, t, -1), box_deltas.reshape(b, p, t, 4),
                                  cfg.box_head.box_stds, image_hw)
         cand_boxes = cand_boxes.reshape(b, p * t, 4)
@@ -142,17 +156,18 @@ class ExportablePanopticFPN(nn.Module):
                                                    cfg.box_head.score_threshold, cfg.box_head.max_detections)
         valid = selected >= 0
         index = selected.clamp(min=0)
-        fvalid = valid.float()
-        det_boxes = torch.gather(cand_boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4)) * fvalid.unsqueeze(-1)
-        det_scores = torch.gather(scores, 1, index) * fvalid
-        det_labels = torch.remainder(index, t) * valid.long()
+        det_boxes = torch.gather(cand_boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
+        det_scores = _where_valid(valid, torch.gather(scores, 1, index), 0.0)
+        det_labels = _where_valid(valid, torch.remainder(index, t), 0)
 
-        # mask head on the kept boxes, the detected class's channel
+        # mask head on the kept boxes (padding rows get a harmless box), the detected class's channel
         d = det_boxes.shape[1]
-        mask_logits = self.model.roi_head.mask_head(self.roi_align(feats, det_boxes, cfg.mask_head.roi_size))
+        mask_rois = _where_valid(valid, det_boxes, _UNIT_BOX)
+        mask_logits = self.model.roi_head.mask_head(self.roi_align(feats, mask_rois, cfg.mask_head.roi_size))
         m = mask_logits.shape[-1]
         chosen = torch.gather(mask_logits, 1, det_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
-        mask_probs = chosen.sigmoid().reshape(b, d, m, m) * fvalid.view(b, d, 1, 1)
+        mask_probs = _where_valid(valid, chosen.sigmoid().reshape(b, d, m, m), 0.0)
+        det_boxes = _where_valid(valid, det_boxes, 0.0)
 
         semantic_logits = self.model.semantic_head(feats[:4])
         return det_boxes, det_scores, det_labels, mask_probs, num, semantic_logits
