@@ -167,7 +167,7 @@ def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
 
 
 def _verify_with(args: argparse.Namespace, predictor, session) -> bool:
-    from export.verify import compare, format_parity, parity_dicts
+    from export.verify import compare, format_parity, parity_dicts, passed
 
     if args.verify_images:
         folder = Path(args.verify_images)
@@ -181,7 +181,7 @@ def _verify_with(args: argparse.Namespace, predictor, session) -> bool:
     print(format_parity(rows))
     if args.verify_json:
         Path(args.verify_json).write_text(json.dumps(parity_dicts(rows), indent=2))
-    return all(r.ok for r in rows)
+    return passed(rows)
 
 
 # default --verify images: landscape, portrait, sizes that are not multiples of 32, and 480x800
