@@ -16,7 +16,7 @@ NPROC ?= 2
 
 setup: .setup.stamp
 .setup.stamp: pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[train,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[train,export,dev]"
 	@touch $@
 
 $(DATA)/annotations/panoptic_val2017.json: | setup
