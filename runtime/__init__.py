@@ -1,0 +1,30 @@
+"""Torch-free Panoptic FPN runtime: ``from runtime import Predictor``.
+
+Needs numpy, opencv and onnxruntime; TensorRT engines additionally need tensorrt and
+cuda-python. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Predictor", "PanopticResult", "CategoryTable", "ModelMetadata"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: importing a submodule stays cheap
+    if name == "Predictor":
+        from runtime.predictor import Predictor
+
+        return Predictor
+    if name == "PanopticResult":
+        from runtime.result import PanopticResult
+
+        return PanopticResult
+    if name == "CategoryTable":
+        from runtime.panoptic_io import CategoryTable
+
+        return CategoryTable
+    if name == "ModelMetadata":
+        from runtime.contract import ModelMetadata
+
+        return ModelMetadata
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -25,3 +25,33 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate_synthetic_panoptic(root, num_train=16, num_val=6, height=96, width=128, seed=3, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
+    """A small-config checkpoint (random weights biased to detect) for the synthetic categories."""
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.config import tiny_synthetic
+    from training.data.coco_panoptic import CocoPanopticDataset
+    from training.model.panoptic_fpn import build_model
+    from training.random_checkpoint import make_firing
+
+    cats = CocoPanopticDataset(synthetic_root, "val").categories
+    config = tiny_synthetic(cats.num_things, cats.num_stuff)
+    torch.manual_seed(0)
+    model = make_firing(build_model(config.model))
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    save_checkpoint(path, model=model, config=config, categories=cats)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path) -> Path:
+    """``tiny_checkpoint`` exported with the ort flavor."""
+    from export import to_onnx
+
+    out = tiny_checkpoint.with_name("tiny_ort.onnx")
+    assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--threads", "1"]) == 0
+    return out

@@ -1,0 +1,144 @@
+"""Network backends behind one interface: ``run(images, image_sizes) -> {output name: array}``
+on host numpy arrays (the export contract, runtime/contract.py). Torch-free.
+
+* :class:`OnnxRuntimeBackend`: ``.onnx`` files; CPU by default, CUDA / TensorRT execution
+  providers when requested and installed. ``trt``-flavor files run on the CPU with the numpy
+  reference custom ops (slow; for checking).
+* The TensorRT engine backend lives in ``runtime/trt/`` and is chosen for ``.engine`` files.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+
+
+class ModelError(ValueError):
+    """A model file the runtime cannot use (missing, corrupt, not ours, wrong version)."""
+
+
+class Backend(Protocol):
+    metadata: ModelMetadata
+    name: str
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """images (B, H, W, 3) uint8, image_sizes (B, 2) int64 -> the contract outputs."""
+
+
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+
+
+class OnnxRuntimeBackend:
+    """An exported ``.onnx`` file in ONNX Runtime.
+
+    providers: names like "cpu", "cuda", "tensorrt" (or full ONNX Runtime provider names), in
+    priority order; default CPU. Unavailable providers are an error naming what is installed.
+    ``trt_options`` are passed to the TensorRT execution provider (e.g. trt_fp16_enable,
+    trt_engine_cache_enable, trt_timing_cache_enable).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] = ("cpu",), threads: int | None = None,
+                 trt_options: dict | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+        available = ort.get_available_providers()
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise ModelError(f"ONNX Runtime execution provider(s) {missing} not available here "
+                             f"(installed: {available})")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        metadata = _read_onnx_metadata(path)
+        if metadata.flavor == "trt":
+            from plugins.ort_ops import session_options  # numpy reference ops, registered once
+
+            options = session_options()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+        provider_args: list = []
+        for p in wanted:
+            provider_args.append((p, dict(trt_options or {})) if p == "TensorrtExecutionProvider" else p)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=provider_args)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
+        self.metadata = metadata
+        self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in wanted)}]"
+        self._check_io(path)
+
+    def _check_io(self, path: Path) -> None:
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != list(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
+            raise ModelError(f"{path}: inputs {inputs} / outputs {outputs} do not follow the export contract "
+                             f"({list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)})")
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        # InferenceSession.run may be called from several threads at once
+        values = self.session.run(None, {"images": images, "image_sizes": image_sizes})
+        return dict(zip(OUTPUT_NAMES, values))
+
+
+def _read_onnx_metadata(path: Path) -> ModelMetadata:
+    """The contract metadata of an .onnx file, without loading the weights."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+    except ImportError:
+        import onnxruntime as ort
+
+        try:
+            props = dict(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                         .get_modelmeta().custom_metadata_map)
+        except Exception as e:
+            raise ModelError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # DecodeError, truncated protobuf, ...
+        raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    try:
+        return ModelMetadata.from_props(props)
+    except ValueError as e:
+        raise ModelError(f"{path}: {e}") from e
+
+
+def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) -> Backend:
+    """Choose the backend by argument or by file type (.onnx -> onnxruntime, .engine/.plan -> tensorrt)."""
+    suffix = Path(path).suffix.lower()
+    choice = backend or ("tensorrt" if suffix in (".engine", ".plan") else "onnxruntime")
+    if choice == "onnxruntime":
+        if suffix in (".engine", ".plan"):
+            raise ModelError(f"{path}: a TensorRT engine cannot run in ONNX Runtime; use backend='tensorrt' "
+                             "or the .onnx it was built from")
+        return OnnxRuntimeBackend(path, **kwargs)
+    if choice == "tensorrt":
+        from runtime.trt.backend import TensorRTBackend  # needs tensorrt + cuda-python
+
+        return TensorRTBackend(path, **kwargs)
+    raise ModelError(f"unknown backend {choice!r}: choose 'onnxruntime' or 'tensorrt'")
+
+
+class SerializedBackend:
+    """Wraps a backend that is not safe to call from several threads at once."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.metadata = backend.metadata
+        self.name = backend.name
+        self._lock = threading.Lock()
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self.backend.run(images, image_sizes)

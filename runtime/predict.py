@@ -1,0 +1,89 @@
+"""Run an exported Panoptic FPN on images: COCO panoptic PNGs + JSON, and overlay pictures.
+
+    python runtime/predict.py --model model.onnx street.jpg more/*.jpg --out predictions/
+    python runtime/predict.py --model model.engine images/ --out predictions/ --no-overlay
+
+Writes OUT/panoptic_pred/<name>.png (COCO panoptic ids: R + 256 G + 256^2 B, 0 = VOID),
+OUT/panoptic_pred.json (segments_info with id, category_id, area, bbox, score) and
+OUT/overlay/<name>.png (colour per segment, outlines, class names). Torch-free.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="exported .onnx (ONNX Runtime) or .engine (TensorRT) file")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="default: by the model's file type")
+    p.add_argument("--providers", default="cpu",
+                   help="ONNX Runtime execution providers in priority order, comma-separated (cpu, cuda, tensorrt)")
+    p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
+    p.add_argument("--batch-size", type=int, default=1, help="images per network call")
+    p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
+    args = p.parse_args(argv)
+
+    from runtime.backends import ModelError
+    from runtime.images import ImageError
+    from runtime.predictor import Predictor
+    from runtime.writers import save_overlay, write_coco_panoptic
+
+    paths = collect_images(args.images)
+    if not paths:
+        print("error: no images found in the given paths", file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(args.model, backend=args.backend, providers=args.providers.split(","),
+                              threads=args.threads, batch_size=args.batch_size)
+    except (FileNotFoundError, ModelError, ImportError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    results, failed = [], 0
+    t0 = time.perf_counter()
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        try:
+            predictions = predictor.predict_batch(chunk)
+        except (FileNotFoundError, ImageError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += len(chunk)
+            continue
+        for path, result in zip(chunk, predictions):
+            info = {"image_id": path.stem, "file_name": path.name, "png_name": f"{path.stem}.png"}
+            results.append((info, result))
+            if not args.no_overlay:
+                import cv2
+
+                save_overlay(out / "overlay" / f"{path.stem}.png", cv2.imread(str(path)), result,
+                             predictor.categories)
+            print(f"{path}: {len(result.segments_info)} segments", flush=True)
+    if results:
+        json_path, folder = write_coco_panoptic(results, predictor.categories.to_json(), out)
+        print(f"{len(results)} images in {time.perf_counter() - t0:.1f} s -> {json_path}, {folder}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The torch-free predictor applications embed.
+
+    from runtime import Predictor
+    predictor = Predictor("model.onnx")          # or "model.engine" (TensorRT)
+    result = predictor.predict("street.jpg")     # or an (H, W, 3) uint8 BGR array
+    result.id_map, result.segments_info          # COCO panoptic ids (0 = VOID) and segments
+
+Pre-processing (SPEC resize, padding), the network (ONNX Runtime or TensorRT) and the numpy
+post-processing (mask pasting, semantic upsampling, heuristic fusion) in one object. The
+model file describes itself (runtime/contract.py metadata): sizes, mean/std, categories,
+thresholds all come from it.
+
+Threads: ``predict`` may be called from several threads at once. ONNX Runtime sessions run
+concurrently; backends that cannot (TensorRT engines, one execution context) are serialised
+with a lock, so give each thread its own Predictor to run them in parallel.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from runtime.backends import Backend, SerializedBackend, open_backend
+from runtime.images import load_image
+from runtime.panoptic_io import CategoryTable
+from runtime.postprocess import postprocess_single_image, to_panoptic_result
+from runtime.preprocess import prepare_batch
+from runtime.result import PanopticResult
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage (summed over the images of a call)."""
+
+    preprocess: float = 0.0
+    network: float = 0.0
+    postprocess: float = 0.0
+    images: int = 0
+
+    def add(self, other: "Timings") -> None:
+        self.preprocess += other.preprocess
+        self.network += other.network
+        self.postprocess += other.postprocess
+        self.images += other.images
+
+
+@dataclass
+class Prediction:
+    """What ``predict_detailed`` returns: the result plus the raw detections behind it."""
+
+    result: PanopticResult
+    label_map: np.ndarray  # (H, W) model-level map: label + k * offset, stuff labels, VOID
+    boxes: np.ndarray  # (N, 4) detections in original-image pixels
+    scores: np.ndarray
+    labels: np.ndarray
+    timings: Timings = field(default_factory=Timings)
+
+
+class Predictor:
+    """Panoptic FPN from an exported file.
+
+    Args:
+        model: ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT) path.
+        backend: "onnxruntime" or "tensorrt"; default by file type.
+        providers: ONNX Runtime execution providers in priority order ("cpu", "cuda", "tensorrt").
+        threads: CPU threads for ONNX Runtime.
+        batch_size: images per network call in :meth:`predict_batch`.
+    """
+
+    def __init__(self, model: str | os.PathLike, *, backend: str | None = None, providers: Sequence[str] = ("cpu",),
+                 threads: int | None = None, batch_size: int = 1, **backend_options) -> None:
+        kwargs = dict(backend_options)
+        if (backend or "onnxruntime") == "onnxruntime" and not str(model).endswith((".engine", ".plan")):
+            kwargs.update(providers=providers, threads=threads)
+        opened: Backend = open_backend(model, backend, **kwargs)
+        self.backend: Backend = opened if opened.name.startswith("onnxruntime") else SerializedBackend(opened)
+        self.metadata = opened.metadata
+        self.categories = CategoryTable(self.metadata.categories)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------------------------------
+    def predict(self, image: np.ndarray | str | os.PathLike) -> PanopticResult:
+        """One image: an (H, W, 3) uint8 BGR array or an image path -> PanopticResult."""
+        return self.predict_detailed([image])[0].result
+
+    def predict_batch(self, images: Sequence[np.ndarray | str | os.PathLike]) -> list[PanopticResult]:
+        """Several images, ``batch_size`` per network call."""
+        return [p.result for p in self.predict_detailed(images)]
+
+    def predict_detailed(self, images: Sequence[np.ndarray | str | os.PathLike]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            out.extend(self._predict_chunk(images[start:start + self.batch_size], start))
+        return out
+
+    def _predict_chunk(self, images: Sequence[np.ndarray | str | os.PathLike], offset: int) -> list[Prediction]:
+        meta = self.metadata
+        t0 = time.perf_counter()
+        bgr = [load_image(im, f"image {offset + i}") for i, im in enumerate(images)]
+        batch, sizes, factors = prepare_batch(bgr, meta.max_long_side, meta.max_short_side, meta.size_divisor)
+        t1 = time.perf_counter()
+        outputs = self.backend.run(batch, sizes)
+        t2 = time.perf_counter()
+        preds = []
+        for i, image in enumerate(bgr):
+            t_start = time.perf_counter()
+            n = int(outputs["num_detections"][i])
+            boxes = outputs["boxes"][i, :n]
+            scores = outputs["scores"][i, :n]
+            labels = outputs["labels"][i, :n]
+            post = postprocess_single_image(
+                boxes, scores, labels, outputs["mask_probs"][i, :n], outputs["semantic_logits"][i],
+                resized_size=(int(sizes[i][0]), int(sizes[i][1])), original_size=image.shape[:2],
+                scale_factor=factors[i], num_thing_classes=meta.num_thing_classes,
+                mask_threshold=meta.mask_threshold, mask_overlap_threshold=meta.mask_overlap_threshold,
+                stuff_area_limit=meta.stuff_area_limit, instance_offset=meta.instance_offset)
+            result = to_panoptic_result(post, self.categories, scores)
+            sx, sy = factors[i]
+            boxes_orig = boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
+            timing = Timings(preprocess=(t1 - t0) / len(bgr), network=(t2 - t1) / len(bgr),
+                             postprocess=time.perf_counter() - t_start, images=1)
+            preds.append(Prediction(result, post.label_map, boxes_orig, scores.copy(), labels.copy(), timing))
+        return preds
