@@ -1,0 +1,167 @@
+"""INT8 calibration data: real images through the runtime's pre-processing (runtime/preprocess.py),
+each resized by the contract's rule, shrunk further if needed to fit the profile's opt size, and
+zero-padded to exactly that size (TensorRT 10 calibrates at the profile's opt shape).
+
+Also the TensorRT 10 entropy calibrator (:func:`make_trt10_calibrator`); ``tensorrt`` and
+``cuda`` are imported only when it is called.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from runtime.preprocess import rescale_size
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+def list_images(folder: str | os.PathLike, count: int | None = None) -> list[Path]:
+    """Image files in ``folder`` (sorted by name; the first ``count``)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CalibrationError(f"--calib-images {root}: not a folder")
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if count is not None:
+        if count < 1:
+            raise CalibrationError(f"--calib-count must be >= 1, got {count}")
+        paths = paths[:count]
+    if not paths:
+        raise CalibrationError(f"--calib-images {root}: no {'/'.join(IMAGE_SUFFIXES)} images")
+    return paths
+
+
+def fit_size(width: int, height: int, max_long_side: int, max_short_side: int, box_height: int,
+             box_width: int) -> tuple[int, int]:
+    """The contract's resize, then (only if it does not fit) a further keep-ratio shrink into the
+    profile's ``box_height x box_width``. -> (new_w, new_h)."""
+    new_w, new_h, _ = rescale_size(width, height, max_long_side, max_short_side)
+    if new_w <= box_width and new_h <= box_height:
+        return new_w, new_h
+    s = min(box_width / new_w, box_height / new_h)
+    return max(1, min(box_width, int(new_w * s + 0.5))), max(1, min(box_height, int(new_h * s + 0.5)))
+
+
+def prepare_calibration_image(image_bgr: np.ndarray, height: int, width: int, max_long_side: int,
+                              max_short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """-> (padded (height, width, 3) uint8 BGR, (h, w) of the resized image inside the padding)."""
+    import cv2
+
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        raise CalibrationError(f"calibration images must be HxWx3, got {image_bgr.shape}")
+    h, w = image_bgr.shape[:2]
+    new_w, new_h = fit_size(w, h, max_long_side, max_short_side, height, width)
+    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    padded = np.zeros((height, width, 3), dtype=np.uint8)
+    padded[:new_h, :new_w] = resized
+    return padded, (new_h, new_w)
+
+
+def make_batch(images_bgr: Sequence[np.ndarray], height: int, width: int, max_long_side: int,
+               max_short_side: int) -> dict[str, np.ndarray]:
+    """One calibration batch: {"images": (B, height, width, 3) uint8, "image_sizes": (B, 2) int64}."""
+    if not images_bgr:
+        raise CalibrationError("empty calibration batch")
+    images = np.zeros((len(images_bgr), height, width, 3), dtype=np.uint8)
+    sizes = np.zeros((len(images_bgr), 2), dtype=np.int64)
+    for i, im in enumerate(images_bgr):
+        images[i], sizes[i] = prepare_calibration_image(im, height, width, max_long_side, max_short_side)
+    return {"images": images, "image_sizes": sizes}
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CalibrationError(f"cannot read image {path}")
+    return image
+
+
+def iter_batches(paths: Sequence[str | os.PathLike], batch: int, height: int, width: int, max_long_side: int,
+                 max_short_side: int) -> Iterator[dict[str, np.ndarray]]:
+    """Calibration batches of exactly ``batch`` images (a last incomplete group is dropped)."""
+    if batch < 1:
+        raise CalibrationError(f"batch must be >= 1, got {batch}")
+    if len(paths) < batch:
+        raise CalibrationError(f"{len(paths)} calibration images are fewer than the batch {batch} of the profile's "
+                               f"opt shape")
+    for start in range(0, len(paths) - batch + 1, batch):
+        yield make_batch([read_image(p) for p in paths[start:start + batch]], height, width, max_long_side,
+                         max_short_side)
+
+
+def num_batches(num_images: int, batch: int) -> int:
+    return num_images // batch
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorRT 10 calibrator (weakly typed INT8); TensorRT 11 has no calibrators (see qdq.py)
+
+def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: int,
+                          cache_file: str | os.PathLike | None = None) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (dicts of the network inputs, consumed
+    lazily) from device memory. Reads/writes ``cache_file`` when given (a valid cache makes
+    TensorRT skip calibration)."""
+    from runtime.trt.runner import DeviceBuffer, import_tensorrt
+
+    import_tensorrt()  # a one-line ImportError when TensorRT is missing
+    import tensorrt as trt
+
+    if not hasattr(trt, "IInt8EntropyCalibrator2"):
+        raise RuntimeError(f"TensorRT {getattr(trt, '__version__', '?')} has no INT8 calibrators (TensorRT 11 "
+                           f"removed them); use the Q/DQ path (--trt-api 11)")
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = iter(batches)
+            self.batch_size = int(batch_size)
+            self.seen = 0
+            self.cache = Path(cache_file) if cache_file else None
+            self.buffers: dict[str, DeviceBuffer] = {}
+
+        def get_batch_size(self) -> int:
+            return self.batch_size
+
+        # TensorRT's protocol: None when the data is exhausted (the stubs only say list[int])
+        def get_batch(self, names: list[str]) -> list[int] | None:  # type: ignore[override]
+            feed = next(self.batches, None)
+            if feed is None:
+                return None
+            self.seen += 1
+            pointers = []
+            for name in names:
+                host = np.ascontiguousarray(feed[name])
+                buf = self.buffers.get(name)
+                if buf is None or buf.nbytes < host.nbytes:
+                    if buf is not None:
+                        buf.free()
+                    buf = self.buffers[name] = DeviceBuffer(host.nbytes)
+                buf.copy_from_host(host)
+                pointers.append(buf.ptr)
+            return pointers
+
+        def read_calibration_cache(self) -> bytes | None:  # type: ignore[override]
+            if self.cache is not None and self.cache.is_file():
+                return self.cache.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            if self.cache is not None:
+                from runtime.panoptic_io import atomic_write_bytes
+
+                atomic_write_bytes(self.cache, bytes(cache))
+
+        def free(self) -> None:
+            for buf in self.buffers.values():
+                buf.free()
+            self.buffers.clear()
+
+    return EntropyCalibrator()

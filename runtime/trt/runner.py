@@ -1,0 +1,251 @@
+"""Run a TensorRT engine built by runtime/build_engine.py: TensorRT 10/11 name-based tensor API
+(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on ONE CUDA stream, device
+memory from cuda-python (``cuda.bindings.runtime``).
+
+Output buffers stay on the device, sized once for the profile's max batch. ``infer`` copies them
+to the host, unless a ``post_processor`` is given: it then receives the device tensors (pointer,
+shape, dtype) and the stream handle, so that a GPU post-processor (mask pasting, fusion) can
+consume them in place on the same stream, and its return value is returned.
+
+Thin by design: what can be decided without a GPU (shapes, versions, metadata) lives in
+``profiles`` / ``engine_file`` and is tested there.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from runtime.trt.engine_file import EngineInfo, read_engine
+from runtime.trt.profiles import Profile
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-untyped]  # cuda-python has no type info
+    except ImportError as e:
+        raise CudaError(f"cuda-python is not installed (import cuda.bindings failed: {e}); "
+                        f"pip install cuda-python") from None
+    return cudart
+
+
+def check(result: Any) -> Any:
+    """Unwrap a cuda.bindings ``(error, value...)`` tuple, raising CudaError with CUDA's message."""
+    cudart = _cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, msg = cudart.cudaGetErrorString(err)
+        raise CudaError(f"{getattr(err, 'name', err)}: {msg.decode() if isinstance(msg, bytes) else msg}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    compute_capability: str  # "9.0"
+
+    @property
+    def sm(self) -> int:
+        major, minor = self.compute_capability.split(".")
+        return int(major) * 10 + int(minor)
+
+
+def gpus() -> list[GpuInfo]:
+    """The visible CUDA GPUs; CudaError with CUDA's reason when there is none."""
+    cudart = _cudart()
+    count = check(cudart.cudaGetDeviceCount())
+    if not count:
+        raise CudaError("no CUDA GPU found")
+    out = []
+    for i in range(int(count)):
+        prop = check(cudart.cudaGetDeviceProperties(i))
+        name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+        out.append(GpuInfo(i, name, f"{prop.major}.{prop.minor}"))
+    return out
+
+
+class Stream:
+    def __init__(self) -> None:
+        self._cudart = _cudart()
+        self.handle = check(self._cudart.cudaStreamCreate())
+
+    def __int__(self) -> int:
+        return int(self.handle)
+
+    def synchronize(self) -> None:
+        check(self._cudart.cudaStreamSynchronize(self.handle))
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            check(self._cudart.cudaStreamDestroy(self.handle))
+            self.handle = None
+
+
+class DeviceBuffer:
+    """``nbytes`` of device memory (at least 1 byte so that empty tensors get a valid address)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self._cudart = _cudart()
+        self.nbytes = int(nbytes)
+        self.ptr = int(check(self._cudart.cudaMalloc(max(self.nbytes, 1))))
+
+    def copy_from_host(self, array: np.ndarray, stream: Stream | None = None) -> None:
+        host = np.ascontiguousarray(array)
+        if host.nbytes > self.nbytes:
+            raise ValueError(f"{host.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        if stream is None:
+            check(self._cudart.cudaMemcpy(self.ptr, host.ctypes.data, host.nbytes, kind))
+        else:
+            check(self._cudart.cudaMemcpyAsync(self.ptr, host.ctypes.data, host.nbytes, kind, stream.handle))
+
+    def copy_to_host(self, out: np.ndarray, stream: Stream | None = None) -> np.ndarray:
+        if not out.flags.c_contiguous or out.nbytes > self.nbytes:
+            raise ValueError("copy_to_host needs a C-contiguous array no larger than the buffer")
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        if stream is None:
+            check(self._cudart.cudaMemcpy(out.ctypes.data, self.ptr, out.nbytes, kind))
+        else:
+            check(self._cudart.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, stream.handle))
+        return out
+
+    def free(self) -> None:
+        if self.ptr:
+            check(self._cudart.cudaFree(self.ptr))
+            self.ptr = 0
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A tensor living in device memory: what a GPU post-processor receives."""
+    name: str
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+PostProcessor = Callable[[Mapping[str, DeviceTensor], int], Any]
+
+
+def import_tensorrt() -> Any:
+    """``tensorrt`` or an ImportError with a one-line reason (type stubs alone are not TensorRT)."""
+    try:
+        import tensorrt as trt
+    except Exception as e:  # ImportError, or a shim whose import raises something else
+        raise ImportError(f"TensorRT is not installed (import tensorrt failed: {' '.join(str(e).split())})") from None
+    if not hasattr(trt, "Builder") or not hasattr(trt, "__version__"):
+        where = ", ".join(getattr(trt, "__path__", []) or [getattr(trt, "__file__", "?") or "?"])
+        raise ImportError(f"TensorRT is not installed (import tensorrt found only a package without the TensorRT "
+                          f"bindings at {where}, e.g. type stubs)")
+    return trt
+
+
+class TrtRunner:
+    """engine + sidecar -> outputs. ``infer(images, image_sizes)``; see the module docstring."""
+
+    def __init__(self, engine_path: str | os.PathLike, *, device: int = 0,
+                 post_processor: PostProcessor | None = None) -> None:
+        import_tensorrt()  # a one-line ImportError when TensorRT is missing
+        import tensorrt as trt
+
+        cudart = _cudart()
+        gpu = gpus()[device]
+        check(cudart.cudaSetDevice(device))
+        data, self.info = read_engine(engine_path, trt.__version__, gpu.compute_capability)
+        self.metadata: ModelMetadata = self.info.metadata()
+        self.profile = Profile.from_dict(self.info.profile)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {engine_path} (see the TensorRT log above)")
+        self.context = self.engine.create_execution_context()
+        self.stream = Stream()
+        self.post_processor = post_processor
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if sorted(self.inputs) != sorted(INPUT_NAMES) or sorted(self.outputs) != sorted(OUTPUT_NAMES):
+            raise RuntimeError(f"engine I/O {self.inputs} -> {self.outputs} is not the export contract's "
+                               f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}")
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self._in_buffers: dict[str, DeviceBuffer] = {}
+        self._out_buffers: dict[str, DeviceBuffer] = {}
+
+    def _buffer(self, pool: dict[str, DeviceBuffer], name: str, nbytes: int) -> DeviceBuffer:
+        buf = pool.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                buf.free()
+            buf = pool[name] = DeviceBuffer(nbytes)
+        return buf
+
+    def enqueue(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, DeviceTensor]:
+        """Copy inputs, set shapes and addresses, launch on the stream (no synchronisation)."""
+        b, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"images must be uint8 [B, H, W, 3], got {images.dtype} {images.shape}")
+        if not self.profile.contains(b, h, w):
+            raise ValueError(self.profile.explain_outside(b, h, w))
+        feeds = {"images": images, "image_sizes": np.ascontiguousarray(image_sizes, dtype=np.int64)}
+        for name, host in feeds.items():
+            buf = self._buffer(self._in_buffers, name, host.nbytes)
+            buf.copy_from_host(host, self.stream)
+            if not self.context.set_input_shape(name, tuple(host.shape)):
+                raise ValueError(f"TensorRT rejected shape {host.shape} for {name}")
+            self.context.set_tensor_address(name, buf.ptr)
+        tensors = {}
+        for name in self.outputs:
+            dims = self.context.get_tensor_shape(name)
+            shape = tuple(int(dims[i]) for i in range(len(dims)))
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"output {name} has an unresolved shape {shape}")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtypes[name].itemsize
+            buf = self._buffer(self._out_buffers, name, nbytes)
+            self.context.set_tensor_address(name, buf.ptr)
+            tensors[name] = DeviceTensor(name, buf.ptr, shape, self.dtypes[name])
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+        return tensors
+
+    def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Any:
+        tensors = self.enqueue(images, image_sizes)
+        if self.post_processor is not None:
+            result = self.post_processor(tensors, int(self.stream))
+            self.stream.synchronize()
+            return result
+        host = {}
+        for name, t in tensors.items():
+            host[name] = self._out_buffers[name].copy_to_host(np.empty(t.shape, t.dtype), self.stream)
+        self.stream.synchronize()
+        return host
+
+    def close(self) -> None:
+        for pool in (self._in_buffers, self._out_buffers):
+            for buf in pool.values():
+                buf.free()
+            pool.clear()
+        self.stream.destroy()
+
+    def __enter__(self) -> "TrtRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def engine_info(engine_path: str | os.PathLike) -> EngineInfo:
+    """The sidecar of an engine without loading TensorRT."""
+    from runtime.trt.engine_file import read_engine_info
+
+    return read_engine_info(engine_path)

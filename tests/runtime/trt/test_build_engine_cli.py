@@ -1,0 +1,193 @@
+"""runtime/build_engine.py without TensorRT / GPU: --help, one-line refusals with no file left
+behind, argument checks, the build plan for TensorRT 10 / 11, and --dry-run preparing the fp16 /
+Q/DQ ONNX that a strongly typed build would parse."""
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from export import to_onnx
+from runtime import build_engine as be
+from training.checkpoint import save_checkpoint
+from training.config import tiny_synthetic
+from training.data.coco_panoptic import CocoPanopticDataset
+from training.model.panoptic_fpn import build_model
+from training.random_checkpoint import make_firing
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "runtime" / "build_engine.py"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, synthetic_root):
+    tmp = tmp_path_factory.mktemp("build_engine")
+    ds = CocoPanopticDataset(synthetic_root, "val")
+    config = tiny_synthetic(ds.categories.num_things, ds.categories.num_stuff)
+    torch.manual_seed(0)
+    save_checkpoint(tmp / "tiny.pt", model=make_firing(build_model(config.model)), config=config,
+                    categories=ds.categories)
+    for flavor in ("ort", "trt"):
+        assert to_onnx.main(["--ckpt", str(tmp / "tiny.pt"), "--flavor", flavor, "--out",
+                             str(tmp / f"tiny_{flavor}.onnx"), "--threads", "1"]) == 0
+    images = tmp / "calib"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), ds[i]["image"])
+    return tmp
+
+
+def _tensorrt_available() -> bool:
+    from runtime.trt.runner import import_tensorrt
+
+    try:
+        import_tensorrt()
+        return True
+    except ImportError:
+        return False
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_explains_everything():
+    proc = _cli("--help")
+    assert proc.returncode == 0
+    for word in ("--onnx", "--fp16", "--int8", "--calib-images", "--calib-count", "--workspace", "--min-shape",
+                 "--opt-shape", "--max-shape", "--timing-cache", "--out", "--trt-api", "strongly typed",
+                 "sidecar", "--dry-run", "multiples of 32"):
+        assert word in proc.stdout, word
+
+
+def test_without_tensorrt_or_gpu_one_line_and_no_file(exported):
+    if _tensorrt_available():
+        pytest.skip("TensorRT is installed here (the GPU case is checked instead)")
+    out = exported / "m.engine"
+    proc = _cli("--onnx", exported / "tiny_trt.onnx", "--fp16", "--out", out)
+    assert proc.returncode == be.EXIT_ENVIRONMENT
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: TensorRT is not installed"), proc.stderr
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+    assert not [p for p in exported.iterdir() if p.name.startswith(".m.engine")]  # no temporaries
+
+
+def test_no_gpu_message(exported, monkeypatch, capsys):
+    """With TensorRT importable but no GPU (simulated): one line, exit 3, nothing written."""
+    from runtime.trt import runner
+
+    fake = types.SimpleNamespace(__version__="10.13.3.9")
+    monkeypatch.setattr(runner, "import_tensorrt", lambda: fake)
+
+    def no_gpu():
+        raise runner.CudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    monkeypatch.setattr(runner, "gpus", no_gpu)
+    out = exported / "g.engine"
+    assert be.main(["--onnx", str(exported / "tiny_ort.onnx"), "--out", str(out)]) == be.EXIT_ENVIRONMENT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA GPU found (cudaErrorInsufficientDriver")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--opt-shape", "1x100x200"], "height 100 is not a multiple of 32 (use 128)"),
+    (["--min-shape", "1x64x64", "--opt-shape", "1x32x32"], "min <= opt <= max"),
+    (["--int8"], "--int8 needs --calib-images"),
+    (["--calib-images", "x"], "only used with --int8"),
+    (["--workspace", "0"], "--workspace must be > 0"),
+])
+def test_argument_errors_are_one_line(exported, capsys, extra, match):
+    assert be.main(["--onnx", str(exported / "tiny_ort.onnx"), *extra]) == be.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+
+
+def test_file_errors(exported, tmp_path, capsys):
+    assert be.main(["--onnx", str(tmp_path / "missing.onnx")]) == be.EXIT_USAGE
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert be.main(["--onnx", str(tmp_path / "junk.onnx")]) == be.EXIT_USAGE
+    assert "not a readable ONNX" in capsys.readouterr().err
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "plain.onnx")
+    assert be.main(["--onnx", str(tmp_path / "plain.onnx")]) == be.EXIT_USAGE
+    assert "metadata lacks" in capsys.readouterr().err
+    onnx_path = exported / "tiny_ort.onnx"
+    assert be.main(["--onnx", str(onnx_path), "--out", str(onnx_path)]) == be.EXIT_USAGE
+    assert "overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --fp16 and --int8 exclude each other
+        be.parse_args(["--onnx", "m.onnx", "--fp16", "--int8"])
+
+
+def test_choose_api_and_plan():
+    assert be.choose_api("auto", "10.13.3.9") == "10" and be.choose_api("auto", "11.4.0.106") == "11"
+    assert be.choose_api("auto", None) == "11" and be.choose_api("11", "10.13.3.9") == "11"
+    with pytest.raises(be.UsageError, match="TensorRT 11 removed the weakly typed API"):
+        be.choose_api("10", "11.0.0.114")
+    p = be.make_plan("10", fp16=True, int8=False)
+    assert (p.builder_flags, p.strongly_typed, p.onnx_transform, p.calibrator) == (["FP16"], False, "none", False)
+    p = be.make_plan("10", fp16=False, int8=True)
+    assert (p.builder_flags, p.calibrator, p.needs_calibration_images) == (["INT8"], True, True)
+    p = be.make_plan("11", fp16=True, int8=False)
+    assert (p.builder_flags, p.strongly_typed, p.onnx_transform) == ([], True, "fp16")
+    p = be.make_plan("11", fp16=False, int8=True)
+    assert (p.onnx_transform, p.calibrator, p.needs_calibration_images) == ("qdq", False, True)
+    p = be.make_plan("11", fp16=False, int8=False)
+    assert p.precision == "fp32" and p.clear_flags == ["TF32"] and "strongly typed" in p.describe()
+
+
+def test_network_flags():
+    class Flags:
+        STRONGLY_TYPED = 1
+        PREFER_AOT_PYTHON_PLUGINS = 3
+
+    trt10 = types.SimpleNamespace(NetworkDefinitionCreationFlag=Flags)
+    strong, weak = be.make_plan("11", True, False), be.make_plan("10", True, False)
+    assert be.network_flags(trt10, strong, has_python_plugins=True) == (1 << 1) | (1 << 3)
+    assert be.network_flags(trt10, weak, has_python_plugins=False) == 0
+    trt11 = types.SimpleNamespace(NetworkDefinitionCreationFlag=type("F", (), {}))  # always strongly typed
+    assert be.network_flags(trt11, strong, has_python_plugins=True) == 0
+
+
+def test_dry_run_fp16_strongly_typed(exported, capsys):
+    saved = exported / "fp16_for_trt.onnx"
+    assert be.main(["--onnx", str(exported / "tiny_trt.onnx"), "--fp16", "--trt-api", "11", "--dry-run",
+                    "--save-onnx", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "TensorRT API 11 (strongly typed), fp16" in out and "plugins BatchedNMS, MultiLevelRoIAlign" in out
+    assert "opt 1x192x256" in out and "dry run: no engine built" in out
+    model = onnx.load(str(saved))
+    types_ = collections.Counter(i.data_type for i in model.graph.initializer)
+    assert types_[TensorProto.FLOAT16] > 40
+    assert sorted({n.op_type for n in model.graph.node if n.domain == be.CUSTOM_DOMAIN}) == \
+        ["BatchedNMS", "MultiLevelRoIAlign"]
+    assert not (exported / "tiny_trt.engine").exists()
+
+
+def test_dry_run_int8_qdq_from_calibration_images(exported, capsys):
+    saved = exported / "qdq_for_trt.onnx"
+    assert be.main(["--onnx", str(exported / "tiny_ort.onnx"), "--int8", "--calib-images", str(exported / "calib"),
+                    "--calib-count", "2", "--trt-api", "11", "--dry-run", "--save-onnx", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated" in out and "on 2 images" in out and "convolutions quantized" in out
+    ops = collections.Counter(n.op_type for n in onnx.load(str(saved)).graph.node)
+    assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+
+
+def test_dry_run_weakly_typed_plan(exported, capsys):
+    assert be.main(["--onnx", str(exported / "tiny_ort.onnx"), "--fp16", "--trt-api", "10", "--dry-run",
+                    "--opt-shape", "2x192x256", "--max-shape", "4x256x256"]) == 0
+    out = capsys.readouterr().out
+    assert "TensorRT API 10 (weakly typed), fp16, builder flags FP16" in out and "max 4x256x256" in out
