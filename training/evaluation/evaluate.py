@@ -35,18 +35,11 @@ class Evaluation:
 
 def write_predictions(results: Sequence[tuple[dict, PanopticResult]], categories: list[dict], out_dir: Path,
                       name: str = "panoptic_pred") -> tuple[Path, Path]:
-    """results: (image info with image_id / file_name / png_name, prediction) -> (json, folder)."""
-    folder = out_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    annotations = []
-    for info, res in results:
-        write_panoptic_png(folder / info["png_name"], res.id_map)
-        annotations.append(res.to_coco_annotation(info["image_id"], info["png_name"]))
-    images = [{"id": info["image_id"], "file_name": info["file_name"], "height": int(res.id_map.shape[0]),
-               "width": int(res.id_map.shape[1])} for info, res in results]
-    path = out_dir / f"{name}.json"
-    atomic_write_json(path, {"images": images, "annotations": annotations, "categories": categories})
-    return path, folder
+    """results: (image info with image_id / file_name / png_name, prediction) -> (json, folder).
+    The runtime's COCO writer (:func:`runtime.writers.write_coco_panoptic`)."""
+    from runtime.writers import write_coco_panoptic
+
+    return write_coco_panoptic(results, categories, out_dir, name)
 
 
 def evaluate(predictor: Predictor, dataset: Any, out_dir: str | os.PathLike, *, max_images: int | None = None,
