@@ -17,6 +17,7 @@ NPROC ?= 2
 setup: .setup.stamp
 .setup.stamp: pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[train,export,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps "tensorrt-stubs>=10.6"
 	@touch $@
 
 $(DATA)/annotations/panoptic_val2017.json: | setup

@@ -142,3 +142,12 @@ class SerializedBackend:
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
         with self._lock:
             return self.backend.run(images, image_sizes)
+
+    @property
+    def device_postprocess(self) -> bool:
+        return getattr(self.backend, "gpu_post", None) is not None
+
+    def run_panoptic(self, *args, **kwargs):
+        """Network + device post-processing (TensorRT backend with GPU kernels)."""
+        with self._lock:
+            return self.backend.run_panoptic(*args, **kwargs)

@@ -28,7 +28,7 @@ from runtime.images import load_image
 from runtime.panoptic_io import CategoryTable
 from runtime.postprocess import postprocess_single_image, to_panoptic_result
 from runtime.preprocess import prepare_batch
-from runtime.result import PanopticResult
+from runtime.result import PanopticResult, panoptic_result_from_label_map
 
 
 @dataclass
@@ -104,6 +104,8 @@ class Predictor:
         bgr = [load_image(im, f"image {offset + i}") for i, im in enumerate(images)]
         batch, sizes, factors = prepare_batch(bgr, meta.max_long_side, meta.max_short_side, meta.size_divisor)
         t1 = time.perf_counter()
+        if getattr(self.backend, "device_postprocess", False):
+            return self._predict_on_device(bgr, batch, sizes, factors, t0, t1)
         outputs = self.backend.run(batch, sizes)
         t2 = time.perf_counter()
         preds = []
@@ -125,4 +127,22 @@ class Predictor:
             timing = Timings(preprocess=(t1 - t0) / len(bgr), network=(t2 - t1) / len(bgr),
                              postprocess=time.perf_counter() - t_start, images=1)
             preds.append(Prediction(result, post.label_map, boxes_orig, scores.copy(), labels.copy(), timing))
+        return preds
+
+    def _predict_on_device(self, bgr: list[np.ndarray], batch: np.ndarray, sizes: np.ndarray,
+                           factors: list[tuple[float, float]], t0: float, t1: float) -> list[Prediction]:
+        """TensorRT + GPU post-processing: the label maps come back from the device."""
+        device_maps = self.backend.run_panoptic(batch, sizes, [im.shape[:2] for im in bgr], factors)  # type: ignore[attr-defined]
+        t2 = time.perf_counter()
+        preds = []
+        for image, dev, factor in zip(bgr, device_maps, factors):
+            t_start = time.perf_counter()
+            scores = dev.scores[dev.kept] if len(dev.kept) else np.zeros(0, np.float32)
+            result = panoptic_result_from_label_map(dev.label_map, self.categories, instance_scores=scores,
+                                                    instance_offset=self.metadata.instance_offset)
+            sx, sy = factor
+            boxes = dev.boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
+            timing = Timings(preprocess=(t1 - t0) / len(bgr), network=(t2 - t1) / len(bgr),
+                             postprocess=time.perf_counter() - t_start, images=1)
+            preds.append(Prediction(result, dev.label_map.astype(np.int64), boxes, dev.scores, dev.labels, timing))
         return preds

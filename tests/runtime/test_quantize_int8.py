@@ -23,11 +23,20 @@ def test_quantize_and_run(tiny_onnx, synthetic_root, tmp_path):
     assert convs_quantized > 20
     fp32, int8 = Predictor(tiny_onnx, threads=1), Predictor(out, threads=1)
     assert int8.metadata.categories == fp32.metadata.categories and "int8" in int8.metadata.source
+    # random weights biased to detect give ~100 near-tied detections, so compare the network's
+    # semantic output (argmax of the logits) rather than instance numbering
+    from runtime.preprocess import prepare_batch
+
     agree = []
     for image in sorted((synthetic_root / "val2017").iterdir())[:3]:
-        a, b = fp32.predict(image), int8.predict(image)
-        agree.append(float(np.mean(a.id_map == b.id_map)))
-    assert np.mean(agree) > 0.8, agree  # random weights: int8 stays close, not identical
+        import cv2
+
+        batch, sizes, _ = prepare_batch([cv2.imread(str(image))], 256, 192, 32)
+        a = fp32.backend.run(batch, sizes)["semantic_logits"].argmax(1)
+        b = int8.backend.run(batch, sizes)["semantic_logits"].argmax(1)
+        agree.append(float(np.mean(a == b)))
+        assert int8.predict(image).id_map.shape == fp32.predict(image).id_map.shape
+    assert np.mean(agree) > 0.9, agree
 
 
 def test_quantize_errors(tmp_path, synthetic_root, tiny_onnx):

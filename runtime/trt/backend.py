@@ -1,0 +1,87 @@
+"""TensorRT engines behind the runtime's backend interface.
+
+The network runs on the GPU (``runtime/trt/runner.py``: one CUDA stream, outputs kept on the
+device). With ``gpu_postprocess`` (the default) the post-processing kernels
+(``runtime/gpu/``: mask pasting, fusion, semantic argmax) consume the network's device
+outputs on the same stream, and only the final label map, the kept-instance list and the
+small detection arrays come back to the host. Without it, the contract outputs are copied to
+the host and the numpy post-processing runs there.
+
+Needs tensorrt, cuda-python and a CUDA GPU; otherwise construction raises ImportError /
+RuntimeError with a one-line reason.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.contract import MASK_SIZE, SEMANTIC_STRIDE
+
+
+@dataclass
+class DeviceLabelMap:
+    """What the GPU path returns per image."""
+
+    label_map: np.ndarray  # (H, W) int32 model-level labels
+    kept: np.ndarray  # (K,) int32: kept[k - 1] = detection row that became instance k
+    boxes: np.ndarray  # (N, 4) float32 resized-input pixels
+    scores: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,)
+
+
+class TensorRTBackend:
+    def __init__(self, path: str | os.PathLike, *, device: int = 0, gpu_postprocess: bool = True) -> None:
+        from runtime.trt.runner import TrtRunner
+
+        self.runner = TrtRunner(path, device=device)
+        self.metadata = self.runner.metadata
+        self.name = "tensorrt" + ("+gpu-post" if gpu_postprocess else "")
+        self.gpu_post: Any = None
+        if gpu_postprocess:
+            from runtime.gpu.postprocess import GpuPostprocessor
+
+            self.gpu_post = GpuPostprocessor.from_metadata(self.metadata, device=device,
+                                                           stream=int(self.runner.stream))
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """Host copies of the contract outputs (for the numpy post-processing or checks)."""
+        result: dict[str, np.ndarray] = self.runner.infer(images, image_sizes)
+        return result
+
+    def run_panoptic(self, images: np.ndarray, image_sizes: np.ndarray, original_sizes: Sequence[tuple[int, int]],
+                     scale_factors: Sequence[tuple[float, float]]) -> list[DeviceLabelMap]:
+        """Network + GPU post-processing; nothing but the results leaves the device."""
+        if self.gpu_post is None:
+            raise RuntimeError("this backend was opened with gpu_postprocess=False")
+        from runtime.gpu.postprocess import image_pointers
+
+        tensors = self.runner.enqueue(images, image_sizes)
+        pointers = {name: t.ptr for name, t in tensors.items()}
+        logits_shape = tensors["semantic_logits"].shape
+        padded = (int(images.shape[1]), int(images.shape[2]))
+        meta = self.metadata
+        small = {}
+        for name in ("boxes", "scores", "labels", "num_detections"):
+            t = tensors[name]
+            small[name] = self.runner._out_buffers[name].copy_to_host(np.empty(t.shape, t.dtype), self.runner.stream)
+        out = []
+        for i in range(images.shape[0]):
+            ptrs = image_pointers(pointers, i, max_detections=meta.max_detections,
+                                  num_stuff_classes=meta.num_stuff_classes,
+                                  logits_size=(int(logits_shape[2]), int(logits_shape[3])), mask_size=MASK_SIZE)
+            result = self.gpu_post.run(
+                **ptrs, original_size=tuple(original_sizes[i]), resized_size=tuple(int(v) for v in image_sizes[i]),
+                padded_size=padded, scale_factor=tuple(scale_factors[i]),
+                logits_size=(padded[0] // SEMANTIC_STRIDE, padded[1] // SEMANTIC_STRIDE))
+            n = int(small["num_detections"][i])
+            out.append(DeviceLabelMap(result.label_map, result.kept, small["boxes"][i, :n], small["scores"][i, :n],
+                                      small["labels"][i, :n]))
+        return out
+
+    def close(self) -> None:
+        if self.gpu_post is not None:
+            self.gpu_post.close()
+        self.runner.close()
