@@ -21,7 +21,23 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "Resize")
+# Only the network's layers are quantized (node names carry the module path of the exporter);
+# pre-processing, box decoding, NMS, RoIAlign and softmax stay float32. Quantizing the Adds,
+# ReLUs, pools and resizes between convolutions is what lets ONNX Runtime run whole int8 chains
+# (QLinearConv / QLinearAdd); a Conv with quantized inputs but a float output would run as
+# DequantizeLinear + float Conv, slower than plain float32.
+QUANTIZED_MODULES = ("backbone", "neck", "rpn_head", "bbox_head", "mask_head", "semantic_head")
+
+
+def network_nodes(model, op_types: Sequence[str]) -> list[str]:
+    """Names of the nodes to quantize: ``op_types`` inside the network's modules."""
+    names = []
+    for node in model.graph.node:
+        parts = node.name.split("/")
+        if node.op_type in op_types and len(parts) > 2 and parts[1] in QUANTIZED_MODULES:
+            names.append(node.name)
+    return names
 
 
 def calibration_feeds(image_paths: Sequence[str | os.PathLike], metadata) -> Iterator[dict[str, np.ndarray]]:
@@ -64,14 +80,19 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
         def get_next(self):
             return next(self.feeds, None)
 
+    nodes = network_nodes(onnx.load(str(onnx_path), load_external_data=False), op_types)
+    if not nodes:
+        raise ValueError(f"{onnx_path}: found no network layers to quantize (expected node names under "
+                         f"{QUANTIZED_MODULES})")
     tmp = temporary_sibling(out_path)
     try:
         with tempfile.TemporaryDirectory() as work:
             quantize_static(str(onnx_path), tmp, Reader(), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(op_types), per_channel=per_channel,
+                            op_types_to_quantize=list(op_types), nodes_to_quantize=nodes, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method],
                             extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True,
+                                           "DedicatedQDQPair": True,
                                            "CalibStridedMinMax": None, "CalibIntermediateOutputPath": work})
         model = onnx.load(tmp)
         # keep the contract metadata (flavor stays "ort": standard ONNX ops), note the precision
