@@ -91,6 +91,41 @@ class OnnxRuntimeBackend:
         return dict(zip(OUTPUT_NAMES, values))
 
 
+class OpenVinoBackend:
+    """An ort-flavor ``.onnx`` file in OpenVINO on the CPU. Inference precision is forced to f32:
+    OpenVINO defaults to bf16 on CPUs that have it, which breaks parity with the other backends."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ImportError("OpenVINO is not installed (pip install openvino)") from e
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        self.metadata = _read_onnx_metadata(path)
+        if self.metadata.flavor != "ort":
+            raise ModelError(f"{path}: OpenVINO runs the ort flavor only (this file is {self.metadata.flavor!r})")
+        core = ov.Core()
+        config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._local = threading.local()  # one infer request per thread
+        self.name = "openvino"
+
+    def run_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer(feed)
+        return {k.get_any_name(): np.asarray(v) for k, v in result.items()}
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        by_name = self.run_feed({"images": images, "image_sizes": image_sizes})
+        return {name: by_name[name] for name in OUTPUT_NAMES}
+
+
 def _read_onnx_metadata(path: Path) -> ModelMetadata:
     """The contract metadata of an .onnx file, without loading the weights."""
     try:
@@ -115,7 +150,8 @@ def _read_onnx_metadata(path: Path) -> ModelMetadata:
 
 
 def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) -> Backend:
-    """Choose the backend by argument or by file type (.onnx -> onnxruntime, .engine/.plan -> tensorrt)."""
+    """Choose the backend by argument ("onnxruntime", "openvino", "tensorrt") or by file type
+    (.onnx -> onnxruntime, .engine/.plan -> tensorrt)."""
     suffix = Path(path).suffix.lower()
     choice = backend or ("tensorrt" if suffix in (".engine", ".plan") else "onnxruntime")
     if choice == "onnxruntime":
@@ -123,11 +159,13 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) 
             raise ModelError(f"{path}: a TensorRT engine cannot run in ONNX Runtime; use backend='tensorrt' "
                              "or the .onnx it was built from")
         return OnnxRuntimeBackend(path, **kwargs)
+    if choice == "openvino":
+        return OpenVinoBackend(path, threads=kwargs.get("threads"))
     if choice == "tensorrt":
         from runtime.trt.backend import TensorRTBackend  # needs tensorrt + cuda-python
 
         return TensorRTBackend(path, **kwargs)
-    raise ModelError(f"unknown backend {choice!r}: choose 'onnxruntime' or 'tensorrt'")
+    raise ModelError(f"unknown backend {choice!r}: choose 'onnxruntime', 'openvino' or 'tensorrt'")
 
 
 class SerializedBackend:

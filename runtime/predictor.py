@@ -64,7 +64,7 @@ class Predictor:
 
     Args:
         model: ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT) path.
-        backend: "onnxruntime" or "tensorrt"; default by file type.
+        backend: "onnxruntime", "openvino" or "tensorrt"; default by file type.
         providers: ONNX Runtime execution providers in priority order ("cpu", "cuda", "tensorrt").
         threads: CPU threads for ONNX Runtime.
         batch_size: images per network call in :meth:`predict_batch`.
@@ -75,8 +75,11 @@ class Predictor:
         kwargs = dict(backend_options)
         if (backend or "onnxruntime") == "onnxruntime" and not str(model).endswith((".engine", ".plan")):
             kwargs.update(providers=providers, threads=threads)
+        elif backend == "openvino":
+            kwargs.update(threads=threads)
         opened: Backend = open_backend(model, backend, **kwargs)
-        self.backend: Backend = opened if opened.name.startswith("onnxruntime") else SerializedBackend(opened)
+        concurrent = opened.name.startswith(("onnxruntime", "openvino"))
+        self.backend: Backend = opened if concurrent else SerializedBackend(opened)
         self.metadata = opened.metadata
         self.categories = CategoryTable(self.metadata.categories)
         if batch_size < 1:
