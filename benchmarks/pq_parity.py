@@ -1,0 +1,177 @@
+"""Panoptic quality of every backend: against the ground truth, and against the PyTorch
+model's own output (parity).
+
+    python benchmarks/pq_parity.py                             # demo model, synthetic val split
+    python benchmarks/pq_parity.py --ckpt CKPT --data-root DIR --backends pytorch,ort_fp32,ort_int8
+
+For each backend: PQ / SQ / RQ for all, things and stuff against the ground truth; PQ of its
+predictions scored against the PyTorch predictor's predictions taken as ground truth (100 =
+identical segments); and the fraction of identical pixels. One evaluation code for all
+(training/evaluation/evaluate.py). Writes OUT/pq_parity.json, .md and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
+DEFAULT_DATA = Path("data/synthetic")
+
+
+@dataclass
+class PQRow:
+    backend: str
+    status: str
+    reason: str = ""
+    images: int = 0
+    pq: float | None = None
+    sq: float | None = None
+    rq: float | None = None
+    pq_things: float | None = None
+    pq_stuff: float | None = None
+    pq_vs_pytorch: float | None = None
+    pixels_vs_pytorch: float | None = None
+    ms_per_image: float | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from benchmarks.targets import BACKEND_HELP, BACKENDS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
+    p.add_argument("--data-root", default=str(DEFAULT_DATA), help=f"COCO panoptic dataset root (default {DEFAULT_DATA})")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="comma-separated, any of: " + "; ".join(f"{k} = {v}" for k, v in BACKEND_HELP.items()))
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
+    p.add_argument("--calib-count", type=int, default=32, help="training images used to calibrate int8")
+    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy)")
+    p.add_argument("--out", default="work_dirs/bench", help="folder for pq_parity.json/.md/.png and predictions")
+    return p.parse_args(argv)
+
+
+def format_table(rows: list[PQRow]) -> str:
+    lines = ["| backend | status | PQ | SQ | RQ | PQ things | PQ stuff | PQ vs PyTorch | identical pixels | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.status != "ok":
+            lines.append(f"| {r.backend} | {r.status}: {r.reason} | | | | | | | | |")
+            continue
+        lines.append(f"| {r.backend} | ok | {r.pq:.2f} | {r.sq:.2f} | {r.rq:.2f} | {r.pq_things:.2f} | "
+                     f"{r.pq_stuff:.2f} | {r.pq_vs_pytorch:.2f} | {100 * r.pixels_vs_pytorch:.3f}% | "
+                     f"{r.ms_per_image:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[PQRow], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = [r for r in rows if r.status == "ok"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(ok))
+    for i, (key, label) in enumerate((("pq", "PQ"), ("pq_things", "PQ things"), ("pq_stuff", "PQ stuff"),
+                                      ("pq_vs_pytorch", "PQ vs PyTorch"))):
+        vals = [getattr(r, key) for r in ok]
+        bars = ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=label)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, [r.backend for r in ok])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("x100")
+    ax.legend(fontsize=7, ncol=4, loc="lower center")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+
+    from benchmarks.targets import BACKENDS, env_threads, make_target
+    from runtime.panoptic_io import read_panoptic_png
+    from training.data.coco_panoptic import CocoPanopticDataset
+    from training.evaluation.evaluate import evaluate
+    from training.evaluation.pq import pq_compute
+
+    env_threads(args.threads)
+    ckpt = Path(args.ckpt)
+    if not ckpt.is_file():
+        print(f"error: checkpoint not found: {ckpt} (run `make demo` first, or pass --ckpt)", file=sys.stderr)
+        return 2
+    try:
+        dataset = CocoPanopticDataset(args.data_root, args.split)
+        calib_set = CocoPanopticDataset(args.data_root, "train")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        print(f"error: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}", file=sys.stderr)
+        return 2
+    if "pytorch" in backends:  # the parity reference is evaluated first
+        backends.remove("pytorch")
+    backends.insert(0, "pytorch")
+    workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
+    calib = [calib_set.image_info(i)["image_path"] for i in range(min(args.calib_count, len(calib_set)))]
+    out = Path(args.out)
+    rows: list[PQRow] = []
+    reference = None
+    for name in backends:
+        print(f"[{name}] preparing ...", flush=True)
+        target = make_target(name, ckpt=ckpt, workdir=workdir, threads=args.threads, calib_images=calib)
+        if target.status != "ok":
+            rows.append(PQRow(name, target.status, target.reason))
+            print(f"[{name}] {target.status}: {target.reason}", flush=True)
+            continue
+        try:
+            ev = evaluate(target.predictor, dataset, out / "predictions" / name, max_images=args.max_images,
+                          desc=name)
+        except Exception as e:
+            rows.append(PQRow(name, "failed", f"{type(e).__name__}: {e}"))
+            continue
+        row = PQRow(name, "ok", images=ev.num_images, pq=100 * ev.pq.all["pq"], sq=100 * ev.pq.all["sq"],
+                    rq=100 * ev.pq.all["rq"], pq_things=100 * ev.pq.things["pq"], pq_stuff=100 * ev.pq.stuff["pq"],
+                    ms_per_image=1000 * ev.seconds_per_image)
+        if name == "pytorch":
+            reference = ev
+        if reference is not None:
+            vs = pq_compute(reference.pred_json, ev.pred_json, reference.pred_folder, ev.pred_folder)
+            row.pq_vs_pytorch = 100 * vs.all["pq"]
+            same = total = 0
+            for ann in json.loads(Path(ev.pred_json).read_text())["annotations"]:
+                a = read_panoptic_png(Path(reference.pred_folder) / ann["file_name"])
+                b = read_panoptic_png(Path(ev.pred_folder) / ann["file_name"])
+                same += int(np.sum(a == b))
+                total += a.size
+            row.pixels_vs_pytorch = same / max(total, 1)
+        rows.append(row)
+        print(f"[{name}] PQ {row.pq:.2f}", flush=True)
+
+    what = f"{ckpt.name} on {args.data_root} {args.split} ({rows[0].images if rows and rows[0].images else '?'} images)"
+    table = format_table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pq_parity.md").write_text(f"# PQ and parity: {what}\n\n{table}\n")
+    (out / "pq_parity.json").write_text(json.dumps({"what": what, "rows": [asdict(r) for r in rows]}, indent=2))
+    plot(rows, out / "pq_parity.png", f"PQ per backend: {what}")
+    print(table)
+    print(f"wrote {out / 'pq_parity.json'}, {out / 'pq_parity.md'}, {out / 'pq_parity.png'}")
+    return 1 if any(r.status == "failed" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""What the benchmarks compare: one checkpoint run by several backends, each a *target* with
+the same ``predict_timed(image)`` interface, built on demand (export, quantization, engine
+build) and cached next to the checkpoint's artifacts.
+
+A target that cannot run here (no GPU, TensorRT or OpenVINO missing) is returned as
+*skipped* with the reason; one that breaks is *failed* with the error.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from runtime.predictor import Timings
+from runtime.result import PanopticResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BACKENDS = ("pytorch", "ort_fp32", "ort_int8", "openvino", "trt_fp16", "trt_int8")
+BACKEND_HELP = {
+    "pytorch": "PyTorch eager predictor (training/predictor.py)",
+    "ort_fp32": "ONNX Runtime CPU, ort-flavor export, float32",
+    "ort_int8": "ONNX Runtime CPU, static INT8 (Q/DQ) of the ort-flavor export",
+    "openvino": "OpenVINO CPU (f32) on the ort-flavor export",
+    "trt_fp16": "TensorRT FP16 engine + CUDA post-processing (needs a GPU and TensorRT)",
+    "trt_int8": "TensorRT INT8 engine + CUDA post-processing (needs a GPU and TensorRT)",
+}
+
+
+@dataclass
+class Target:
+    name: str
+    status: str  # "ok", "skipped", "failed"
+    reason: str = ""
+    model_file: Path | None = None
+    predictor: Any = None  # has predict_timed(image) -> (PanopticResult, Timings) and .categories
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def file_size_mb(self) -> float | None:
+        if self.model_file is None or not Path(self.model_file).exists():
+            return None
+        return Path(self.model_file).stat().st_size / 1e6
+
+
+class RuntimeTarget:
+    """A runtime Predictor with per-stage timings."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+        self.categories = predictor.categories
+
+    def predict_timed(self, image) -> tuple[PanopticResult, Timings]:
+        p = self.predictor.predict_detailed([image])[0]
+        return p.result, p.timings
+
+    def predict(self, image) -> PanopticResult:
+        return self.predictor.predict(image)
+
+
+class TorchTarget:
+    """The PyTorch eager predictor with the same per-stage timings."""
+
+    def __init__(self, ckpt: Path, threads: int) -> None:
+        import torch
+
+        from training.predictor import PanopticPredictor
+
+        torch.set_num_threads(threads)
+        self.predictor = PanopticPredictor.from_checkpoint(ckpt)
+        self.categories = self.predictor.categories
+
+    def predict_timed(self, image) -> tuple[PanopticResult, Timings]:
+        import torch
+
+        from runtime.images import load_image
+        from runtime.result import panoptic_result_from_label_map
+        from training.predictor import label_map_single_image
+
+        p = self.predictor
+        t0 = time.perf_counter()
+        bgr = load_image(image)
+        batch = p.prepare([bgr])
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            raw = p.model(batch.images, batch.image_sizes)
+        t2 = time.perf_counter()
+        lm = label_map_single_image(raw.detections[0], raw.semantic_logits[0], p.config,
+                                    padded_size=tuple(batch.images.shape[-2:]), resized_size=batch.image_sizes[0],
+                                    original_size=batch.original_sizes[0], scale_factor=batch.scale_factors[0])
+        result = panoptic_result_from_label_map(lm.label_map.numpy(), p.categories,
+                                                instance_scores=lm.detections.scores[lm.kept].tolist(),
+                                                instance_offset=p.config.fusion.instance_offset)
+        t3 = time.perf_counter()
+        return result, Timings(t1 - t0, t2 - t1, t3 - t2, 1)
+
+    def predict(self, image) -> PanopticResult:
+        return self.predict_timed(image)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# artifacts (cached)
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{what} failed: {' | '.join(tail)}")
+
+
+def onnx_file(ckpt: Path, workdir: Path, flavor: str = "ort") -> Path:
+    out = workdir / f"{ckpt.stem}_{flavor}.onnx"
+    if not out.exists():
+        _run([sys.executable, str(ROOT / "export" / "to_onnx.py"), "--ckpt", str(ckpt), "--flavor", flavor,
+              "--out", str(out)], f"export ({flavor})")
+    return out
+
+
+def int8_file(ckpt: Path, workdir: Path, calib_images: Sequence[Path]) -> Path:
+    out = workdir / f"{ckpt.stem}_int8.onnx"
+    if not out.exists():
+        from runtime.quantize_int8 import quantize_int8
+
+        quantize_int8(onnx_file(ckpt, workdir), out, list(calib_images))
+    return out
+
+
+def engine_file(ckpt: Path, workdir: Path, precision: str, calib_dir: Path | None) -> Path:
+    out = workdir / f"{ckpt.stem}_{precision}.engine"
+    if not out.exists():
+        cmd = [sys.executable, str(ROOT / "runtime" / "build_engine.py"), "--onnx", str(onnx_file(ckpt, workdir, "trt")),
+               f"--{precision}", "--out", str(out)]
+        if precision == "int8" and calib_dir is not None:
+            cmd += ["--calib-images", str(calib_dir)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["engine build failed"]
+            raise _Skip(reason[0].removeprefix("error: ")) if proc.returncode == 3 else RuntimeError(reason[0])
+    return out
+
+
+class _Skip(Exception):
+    """The target cannot run on this machine (reason in the message)."""
+
+
+def gpu_unavailable_reason() -> str | None:
+    """None when TensorRT and a CUDA GPU are usable, else why not (one line)."""
+    try:
+        from runtime.trt.runner import gpus, import_tensorrt
+
+        import_tensorrt()
+    except ImportError as e:
+        return str(e)
+    try:
+        if not gpus():
+            return "no CUDA GPU found"
+    except Exception as e:  # CudaError: no driver
+        return f"no usable CUDA GPU ({' '.join(str(e).split())[:160]})"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+
+def make_target(name: str, *, ckpt: Path, workdir: Path, threads: int, calib_images: Sequence[Path],
+                calib_dir: Path | None = None) -> Target:
+    """Build (or reuse) what ``name`` needs and open it; never raises."""
+    from runtime.predictor import Predictor
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    builders: dict[str, Callable[[], Target]] = {
+        "pytorch": lambda: Target(name, "ok", model_file=ckpt, predictor=TorchTarget(ckpt, threads)),
+        "ort_fp32": lambda: _runtime(name, onnx_file(ckpt, workdir), Predictor, threads=threads),
+        "ort_int8": lambda: _runtime(name, int8_file(ckpt, workdir, calib_images), Predictor, threads=threads),
+        "openvino": lambda: _openvino(name, ckpt, workdir, threads),
+        "trt_fp16": lambda: _tensorrt(name, ckpt, workdir, "fp16", calib_dir),
+        "trt_int8": lambda: _tensorrt(name, ckpt, workdir, "int8", calib_dir),
+    }
+    if name not in builders:
+        return Target(name, "failed", f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    try:
+        return builders[name]()
+    except _Skip as e:
+        return Target(name, "skipped", str(e))
+    except Exception as e:
+        detail = traceback.format_exception_only(type(e), e)[-1].strip()
+        return Target(name, "failed", detail)
+
+
+def _runtime(name: str, model: Path, predictor_cls, **kwargs) -> Target:
+    return Target(name, "ok", model_file=model, predictor=RuntimeTarget(predictor_cls(model, **kwargs)))
+
+
+def _openvino(name: str, ckpt: Path, workdir: Path, threads: int) -> Target:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise _Skip("OpenVINO is not installed (pip install openvino)") from None
+    from runtime.predictor import Predictor
+
+    model = onnx_file(ckpt, workdir)
+    return Target(name, "ok", model_file=model,
+                  predictor=RuntimeTarget(Predictor(model, backend="openvino", threads=threads)))
+
+
+def _tensorrt(name: str, ckpt: Path, workdir: Path, precision: str, calib_dir: Path | None) -> Target:
+    reason = gpu_unavailable_reason()
+    if reason:
+        raise _Skip(reason)
+    from runtime.predictor import Predictor
+
+    engine = engine_file(ckpt, workdir, precision, calib_dir)
+    return Target(name, "ok", model_file=engine, predictor=RuntimeTarget(Predictor(engine)))
+
+
+def copy_images(paths: Sequence[Path], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def default_images(count: int, size: tuple[int, int] | None, folder: Path | None = None) -> list:
+    """Synthetic images: the demo's val split when it exists and no size is asked, else generated
+    (deterministic) at ``size``."""
+    from training.data.synthetic import make_synthetic_sample
+
+    if folder is not None:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not paths:
+            raise FileNotFoundError(f"no images in {folder}")
+        return paths[:count]
+    h, w = size or (192, 256)
+    return [make_synthetic_sample(np.random.default_rng(1000 + i), h, w)[0] for i in range(count)]
+
+
+def env_threads(threads: int) -> None:
+    """Apply the thread count to every library of this process before they start threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)

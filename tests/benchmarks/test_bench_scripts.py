@@ -1,0 +1,63 @@
+"""Smoke runs of the benchmark scripts on the small config (seconds): table structure, JSON rows,
+and that backends that cannot run here say why."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+
+
+def test_fps_smoke(tiny_checkpoint, synthetic_root, tmp_path):
+    proc = _run("fps.py", "--ckpt", tiny_checkpoint, "--images", synthetic_root / "val2017", "--count", "1",
+                "--runs", "1", "--warmup", "0", "--threads", "1", "--backends", "pytorch,ort_fp32,trt_fp16",
+                "--workdir", tmp_path / "deploy", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "out" / "fps.json").read_text())
+    rows = {r["backend"]: r for r in data["rows"]}
+    assert set(rows) == {"pytorch", "ort_fp32", "trt_fp16"}
+    for name in ("pytorch", "ort_fp32"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["fps"] > 0
+        assert abs(r["preprocess_ms"] + r["network_ms"] + r["postprocess_ms"] - r["median_ms"]) < 0.5 * r["median_ms"]
+        assert r["file_mb"] > 0
+    trt = rows["trt_fp16"]
+    if trt["status"] == "skipped":  # no GPU / TensorRT here: the reason is given
+        assert "TensorRT" in trt["reason"] or "GPU" in trt["reason"]
+    assert "ort_fp32" in data["speedup"]
+    md = (tmp_path / "out" / "fps.md").read_text()
+    assert "| backend | status | file MB | median ms | p90 ms | fps |" in md and "skipped" in md
+    assert (tmp_path / "out" / "fps.png").stat().st_size > 1000
+
+
+def test_pq_parity_smoke(tiny_checkpoint, synthetic_root, tmp_path):
+    proc = _run("pq_parity.py", "--ckpt", tiny_checkpoint, "--data-root", synthetic_root, "--max-images", "2",
+                "--threads", "1", "--backends", "ort_fp32,trt_int8", "--workdir", tmp_path / "deploy",
+                "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "out" / "pq_parity.json").read_text())
+    rows = {r["backend"]: r for r in data["rows"]}
+    assert list(rows) == ["pytorch", "ort_fp32", "trt_int8"]  # pytorch is added as the parity reference
+    assert rows["pytorch"]["pq_vs_pytorch"] == 100.0 and rows["pytorch"]["pixels_vs_pytorch"] == 1.0
+    assert rows["ort_fp32"]["status"] == "ok" and rows["ort_fp32"]["pixels_vs_pytorch"] >= 0.999
+    assert 0 <= rows["ort_fp32"]["pq"] <= 100
+    assert rows["trt_int8"]["status"] in ("skipped", "ok") and (rows["trt_int8"]["status"] == "ok"
+                                                                or rows["trt_int8"]["reason"])
+    assert "| backend | status | PQ | SQ | RQ |" in (tmp_path / "out" / "pq_parity.md").read_text()
+
+
+def test_scripts_explain_themselves():
+    for script in ("fps.py", "pq_parity.py", "main_job.py"):
+        proc = _run(script, "--help")
+        assert proc.returncode == 0 and "usage" in proc.stdout
+    proc = _run("fps.py", "--ckpt", "/nonexistent.pt")
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    proc = _run("fps.py", "--backends", "pytorch,warp_drive", "--ckpt", __file__)
+    assert proc.returncode == 2 and "unknown backend" in proc.stderr
