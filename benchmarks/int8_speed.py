@@ -1,0 +1,216 @@
+"""ONNX Runtime fp32 vs int8 latency on the CPU, plus where the time goes (ORT profiler).
+
+    python benchmarks/int8_speed.py --fp32 work_dirs/parity/r50_ort.onnx --int8 r50_int8.onnx
+    python benchmarks/int8_speed.py --fp32 r50_ort.onnx --calib-images DIR --int8 r50_int8.onnx  # quantize first
+    python benchmarks/int8_speed.py --fp32 r50_ort.onnx --int8 r50_int8.onnx --torch-ckpt work_dirs/r50_random.pth
+
+One image (``--image``, default a synthetic 480x800 scene, which this model resizes to exactly
+800x1333), ``--threads`` intra-op threads (default 2). Each model is warmed up, then the models are
+run in turn ``--runs`` times (interleaved, so a busy machine slows all of them alike) and the
+median end-to-end / pre-processing / network / post-processing seconds are printed. With
+``--torch-ckpt`` the PyTorch eager predictor is timed the same way (torch.set_num_threads).
+Then one profiled run per ONNX model (SessionOptions.enable_profiling, same threads) gives the
+top ``--top`` op types and nodes by kernel time.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def synthetic_image(seed: int = 0, height: int = 480, width: int = 800) -> np.ndarray:
+    from training.data.synthetic import make_synthetic_sample
+
+    return make_synthetic_sample(np.random.default_rng(seed), height, width)[0]
+
+
+def load_image(path: str | None) -> np.ndarray:
+    if path is None:
+        return synthetic_image()
+    from runtime.images import read_image
+
+    return read_image(path)
+
+
+class _Ort:
+    def __init__(self, label: str, path: Path, threads: int) -> None:
+        from runtime import Predictor
+
+        self.label, self.path = label, path
+        self.predictor = Predictor(path, threads=threads)
+
+    def __call__(self, image: np.ndarray) -> dict[str, float]:
+        t0 = time.perf_counter()
+        pred = self.predictor.predict_detailed([image])[0]
+        total = time.perf_counter() - t0
+        t = pred.timings
+        return {"total": total, "preprocess": t.preprocess, "network": t.network, "postprocess": t.postprocess,
+                "detections": float(len(pred.scores))}
+
+
+class _Torch:
+    def __init__(self, ckpt: Path, threads: int) -> None:
+        import torch
+
+        from training.predictor import PanopticPredictor
+
+        torch.set_num_threads(threads)
+        self.label, self.path = "pytorch eager", ckpt
+        self.predictor = PanopticPredictor.from_checkpoint(ckpt)
+
+    def __call__(self, image: np.ndarray) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.predictor.predict(image)
+        return {"total": time.perf_counter() - t0}
+
+
+def time_models(models: list, image: np.ndarray, runs: int, warmup: int) -> dict[str, dict[str, float]]:
+    for model in models:
+        for _ in range(warmup):
+            model(image)
+    samples: dict[str, list[dict[str, float]]] = {m.label: [] for m in models}
+    for _ in range(runs):
+        for model in models:
+            samples[model.label].append(model(image))
+    return {label: {key: statistics.median(s[key] for s in runs_) for key in runs_[0]}
+            for label, runs_ in samples.items()}
+
+
+def profile_ops(path: Path, image: np.ndarray, threads: int, top: int) -> dict:
+    """Kernel time per op type and per node of one run (after a warm-up run)."""
+    import onnxruntime as ort
+
+    from runtime.backends import _read_onnx_metadata
+    from runtime.preprocess import prepare_batch
+
+    meta = _read_onnx_metadata(path)
+    batch, sizes, _ = prepare_batch([image], meta.max_long_side, meta.max_short_side, meta.size_divisor)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as work:
+        options.profile_file_prefix = os.path.join(work, "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {"images": batch, "image_sizes": sizes}
+        session.run(None, feeds)
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        wall = time.perf_counter() - t0
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start = runs[-1]["ts"] if runs else 0
+    by_type: collections.Counter = collections.Counter()
+    by_node: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+            op = e.get("args", {}).get("op_name", "?")
+            by_type[op] += e["dur"]
+            by_node[(e["name"][: -len("_kernel_time")], op)] += e["dur"]
+    total = sum(by_type.values())
+    return {"wall_s": wall, "kernel_s": total / 1e6,
+            "op_types": [(op, us / 1e6) for op, us in by_type.most_common(top)],
+            "nodes": [(name, op, us / 1e6) for (name, op), us in by_node.most_common(top)]}
+
+
+def print_profile(label: str, prof: dict) -> None:
+    total = prof["kernel_s"] or 1.0
+    print(f"\n{label}: one profiled run {prof['wall_s']:.3f} s, kernels {prof['kernel_s']:.3f} s")
+    print(f"  top op types:")
+    for op, s in prof["op_types"]:
+        print(f"    {op:<28} {s * 1e3:9.1f} ms {100 * s / total:5.1f} %")
+    print(f"  top nodes:")
+    for name, op, s in prof["nodes"]:
+        print(f"    {s * 1e3:9.1f} ms  {op:<16} {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fp32", required=True, help="ort-flavor .onnx exported by export/to_onnx.py")
+    p.add_argument("--int8", help="int8 .onnx (runtime/quantize_int8.py); written first when --calib-images is given")
+    p.add_argument("--calib-images", help="quantize --fp32 into --int8 with these calibration images first")
+    p.add_argument("--calib-count", type=int, default=8, help="calibration images used with --calib-images (default 8)")
+    p.add_argument("--torch-ckpt", help="also time the PyTorch eager predictor of this checkpoint")
+    p.add_argument("--image", help="image to run (default: synthetic 480x800 scene)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per model (median; default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--top", type=int, default=10, help="op types / nodes listed from the profile (0: no profile)")
+    p.add_argument("--json", help="also write the numbers here")
+    args = p.parse_args(argv)
+
+    fp32 = Path(args.fp32)
+    if not fp32.is_file():
+        print(f"error: model not found: {fp32}", file=sys.stderr)
+        return 2
+    int8 = Path(args.int8) if args.int8 else None
+    if args.calib_images:
+        if int8 is None:
+            int8 = fp32.with_name(fp32.stem + "_int8.onnx")
+        folder = Path(args.calib_images)
+        images = sorted(q for q in folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.calib_count] \
+            if folder.is_dir() else []
+        if not images:
+            print(f"error: no calibration images in {folder}", file=sys.stderr)
+            return 2
+        from runtime.quantize_int8 import quantize_int8
+
+        t0 = time.perf_counter()
+        quantize_int8(fp32, int8, images)
+        print(f"quantized {fp32} -> {int8} with {len(images)} images in {time.perf_counter() - t0:.1f} s")
+    if int8 is not None and not int8.is_file():
+        print(f"error: model not found: {int8}", file=sys.stderr)
+        return 2
+
+    image = load_image(args.image)
+    models: list = [_Ort("ort fp32", fp32, args.threads)]
+    if int8 is not None:
+        models.append(_Ort("ort int8", int8, args.threads))
+    if args.torch_ckpt:
+        models.append(_Torch(Path(args.torch_ckpt), args.threads))
+    print(f"image {image.shape[1]}x{image.shape[0]}, {args.threads} threads, median of {args.runs} runs "
+          f"after {args.warmup} warm-up")
+    results = time_models(models, image, args.runs, args.warmup)
+    print(f"{'':16} {'total s':>9} {'pre s':>8} {'network s':>10} {'post s':>8} {'dets':>5}")
+    for label, r in results.items():
+        cells = [f"{r[k]:>{w}.3f}" if k in r else " " * w for k, w in
+                 (("total", 9), ("preprocess", 8), ("network", 10), ("postprocess", 8))]
+        dets = f"{int(r['detections']):>5}" if "detections" in r else ""
+        print(f"{label:16} {' '.join(cells)} {dets}")
+    base = results["ort fp32"]
+    if "ort int8" in results:
+        q = results["ort int8"]
+        print(f"int8 vs fp32: end to end x{base['total'] / q['total']:.2f}, network x{base['network'] / q['network']:.2f}")
+        if "pytorch eager" in results:
+            print(f"int8 vs pytorch eager: end to end x{results['pytorch eager']['total'] / q['total']:.2f}")
+    if "pytorch eager" in results:
+        print(f"fp32 vs pytorch eager: end to end x{results['pytorch eager']['total'] / base['total']:.2f}")
+
+    profiles = {}
+    if args.top > 0:
+        for model in models:
+            if isinstance(model, _Ort):
+                del model.predictor  # free the timed session before profiling
+                profiles[model.label] = profile_ops(model.path, image, args.threads, args.top)
+                print_profile(model.label, profiles[model.label])
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "runs": args.runs, "image": list(image.shape),
+                                               "latency": results, "profile": profiles}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
