@@ -129,10 +129,10 @@ def profile_ops(path: Path, image: np.ndarray, threads: int, top: int) -> dict:
 def print_profile(label: str, prof: dict) -> None:
     total = prof["kernel_s"] or 1.0
     print(f"\n{label}: one profiled run {prof['wall_s']:.3f} s, kernels {prof['kernel_s']:.3f} s")
-    print(f"  top op types:")
+    print("  top op types:")
     for op, s in prof["op_types"]:
         print(f"    {op:<28} {s * 1e3:9.1f} ms {100 * s / total:5.1f} %")
-    print(f"  top nodes:")
+    print("  top nodes:")
     for name, op, s in prof["nodes"]:
         print(f"    {s * 1e3:9.1f} ms  {op:<16} {name}")
 
