@@ -5,9 +5,11 @@
     python benchmarks/int8_speed.py --fp32 r50_ort.onnx --int8 r50_int8.onnx --torch-ckpt work_dirs/r50_random.pth
 
 One image (``--image``, default a synthetic 480x800 scene, which this model resizes to exactly
-800x1333), ``--threads`` intra-op threads (default 2). Each model is warmed up, then the models are
-run in turn ``--runs`` times (interleaved, so a busy machine slows all of them alike) and the
-median end-to-end / pre-processing / network / post-processing seconds are printed. With
+800x1333), ``--threads`` intra-op threads (default 2). Each model in turn is warmed up and run
+``--runs`` times, and the median end-to-end / pre-processing / network / post-processing seconds
+are printed. The models are not interleaved: ONNX Runtime's worker threads spin-wait for a while
+after each run and would slow the next model down (measured: the small demo model's PyTorch
+predictor took 81 ms interleaved with ONNX Runtime vs 49 ms alone). With
 ``--torch-ckpt`` the PyTorch eager predictor is timed the same way (torch.set_num_threads).
 Then one profiled run per ONNX model (SessionOptions.enable_profiling, same threads) gives the
 top ``--top`` op types and nodes by kernel time.
@@ -77,12 +79,11 @@ class _Torch:
 
 
 def time_models(models: list, image: np.ndarray, runs: int, warmup: int) -> dict[str, dict[str, float]]:
-    for model in models:
+    samples: dict[str, list[dict[str, float]]] = {m.label: [] for m in models}
+    for model in models:  # one model at a time, see the module docstring
         for _ in range(warmup):
             model(image)
-    samples: dict[str, list[dict[str, float]]] = {m.label: [] for m in models}
-    for _ in range(runs):
-        for model in models:
+        for _ in range(runs):
             samples[model.label].append(model(image))
     return {label: {key: statistics.median(s[key] for s in runs_) for key in runs_[0]}
             for label, runs_ in samples.items()}

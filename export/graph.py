@@ -64,12 +64,20 @@ def decode_clip(anchors: Tensor, deltas: Tensor, stds: tuple[float, ...], image_
 
 
 class ExportablePanopticFPN(nn.Module):
-    """forward(images uint8 [B, H, W, 3] BGR, image_sizes int64 [B, 2]) -> the contract outputs."""
+    """forward(images uint8 [B, H, W, 3] BGR, image_sizes int64 [B, 2]) -> the contract outputs.
 
-    def __init__(self, model: PanopticFPN, config: ModelConfig) -> None:
+    ``mask_head_on_detections_only``: run the mask head on rows ``[0, max(num_detections))`` only
+    (a data-dependent ``Range``) instead of all ``max_detections`` rows, zero-filling the rest. The
+    outputs are the same; with few detections it saves most of the mask head (the small demo model
+    spends half its ONNX Runtime time there otherwise). Off for TensorRT, whose plugins and
+    optimisation profiles want static shapes.
+    """
+
+    def __init__(self, model: PanopticFPN, config: ModelConfig, *, mask_head_on_detections_only: bool = False) -> None:
         super().__init__()
         self.model = model.eval()
         self.config = config
+        self.mask_head_on_detections_only = mask_head_on_detections_only
         inp = config.input
         self.register_buffer("mean", torch.tensor(inp.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(inp.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -163,10 +171,22 @@ class ExportablePanopticFPN(nn.Module):
         # mask head on the kept boxes (padding rows get a harmless box), the detected class's channel
         d = det_boxes.shape[1]
         mask_rois = _where_valid(valid, det_boxes, _UNIT_BOX)
+        mask_labels = det_labels
+        rows = None
+        if self.mask_head_on_detections_only:
+            # NMS packs each image's detections at the front, so rows [0, n) hold all of them;
+            # n >= 1 keeps every tensor non-empty (some backends reject zero-sized convolutions)
+            rows = torch.arange(num.max().clamp(min=1), device=num.device)
+            mask_rois = mask_rois.index_select(1, rows)
+            mask_labels = mask_labels.index_select(1, rows)
         mask_logits = self.model.roi_head.mask_head(self.roi_align(feats, mask_rois, cfg.mask_head.roi_size))
         m = mask_logits.shape[-1]
-        chosen = torch.gather(mask_logits, 1, det_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
-        mask_probs = _where_valid(valid, chosen.sigmoid().reshape(b, d, m, m), 0.0)
+        chosen = torch.gather(mask_logits, 1, mask_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
+        mask_probs = chosen.sigmoid().reshape(b, -1, m, m)
+        if rows is not None:
+            index = rows.view(1, -1, 1, 1).expand_as(mask_probs)
+            mask_probs = mask_probs.new_zeros(b, d, m, m).scatter(1, index, mask_probs)
+        mask_probs = _where_valid(valid, mask_probs, 0.0)
         det_boxes = _where_valid(valid, det_boxes, 0.0)
 
         semantic_logits = self.model.semantic_head(feats[:4])

@@ -94,7 +94,8 @@ def export(args: argparse.Namespace) -> Path:
     images[:, :h, :w] = torch.randint(0, 256, (1, h, w, 3), generator=torch.Generator().manual_seed(0),
                                       dtype=torch.uint8)
     sizes = torch.tensor([[h, w]], dtype=torch.int64)
-    graph = ExportablePanopticFPN(model, config).eval()
+    # TensorRT keeps static shapes; ONNX Runtime / OpenVINO run the mask head on the detections only
+    graph = ExportablePanopticFPN(model, config, mask_head_on_detections_only=args.flavor == "ort").eval()
 
     tmp = temporary_sibling(out)
     try:
