@@ -127,6 +127,8 @@ def plot(rows: list[FpsRow], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmarks.targets import save_figure
+
     ok = [r for r in rows if r.status == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = [r.backend for r in ok]
@@ -145,25 +147,18 @@ def plot(rows: list[FpsRow], path: Path, title: str) -> None:
     ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     skipped = [f"{r.backend}: {r.status}" for r in rows if r.status != "ok"]
     fig.suptitle(title + (f"\nnot run: {'; '.join(skipped)}" if skipped else ""), fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from benchmarks.targets import BACKENDS, default_images, env_threads, make_target
+    from benchmarks.targets import checked_cli_inputs, default_images, env_threads, make_target
 
     env_threads(args.threads)
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        print(f"error: checkpoint not found: {ckpt} (run `make demo` first, or pass --ckpt)", file=sys.stderr)
-        return 2
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        print(f"error: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}", file=sys.stderr)
+    try:
+        ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     size = parse_size(args.size)
     folder = Path(args.images) if args.images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)

@@ -75,6 +75,8 @@ def plot(rows: list[PQRow], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from benchmarks.targets import save_figure
     import numpy as np
 
     ok = [r for r in rows if r.status == "ok"]
@@ -91,37 +93,26 @@ def plot(rows: list[PQRow], path: Path, title: str) -> None:
     ax.set_ylabel("x100")
     ax.legend(fontsize=7, ncol=4, loc="lower center")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from benchmarks.targets import BACKENDS, env_threads, make_target
+    from benchmarks.targets import checked_cli_inputs, env_threads, make_target
     from runtime.panoptic_io import read_panoptic_png
     from training.data.coco_panoptic import CocoPanopticDataset
     from training.evaluation.evaluate import evaluate
     from training.evaluation.pq import pq_compute
 
     env_threads(args.threads)
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        print(f"error: checkpoint not found: {ckpt} (run `make demo` first, or pass --ckpt)", file=sys.stderr)
-        return 2
     try:
+        ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
         dataset = CocoPanopticDataset(args.data_root, args.split)
         calib_set = CocoPanopticDataset(args.data_root, "train")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        print(f"error: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}", file=sys.stderr)
         return 2
     if "pytorch" in backends:  # the parity reference is evaluated first
         backends.remove("pytorch")

@@ -220,6 +220,27 @@ def _tensorrt(name: str, ckpt: Path, workdir: Path, precision: str, calib_dir: P
     return Target(name, "ok", model_file=engine, predictor=RuntimeTarget(Predictor(engine)))
 
 
+def checked_cli_inputs(ckpt: str, backends: str) -> tuple[Path, list[str]]:
+    """The benchmark scripts' ``--ckpt`` and ``--backends``, checked; ValueError names the problem."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path} (run `make demo` first, or pass --ckpt)")
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    return path, names
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def copy_images(paths: Sequence[Path], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for p in paths:
