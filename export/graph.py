@@ -8,8 +8,6 @@ compare detections after matching boxes, not by index.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -192,6 +190,3 @@ class ExportablePanopticFPN(nn.Module):
         semantic_logits = self.model.semantic_head(feats[:4])
         return det_boxes, det_scores, det_labels, mask_probs, num, semantic_logits
 
-
-def pad_to_multiple(size: int, divisor: int) -> int:
-    return int(math.ceil(size / divisor) * divisor)

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,7 +59,8 @@ class ExportError(RuntimeError):
     pass
 
 
-def export(args: argparse.Namespace) -> Path:
+def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
+    """-> (the .onnx written, the model it was traced from, its loaded checkpoint)."""
     import onnx
     import torch
 
@@ -66,8 +68,8 @@ def export(args: argparse.Namespace) -> Path:
     from export.metadata import build_metadata, write_metadata
     from plugins.torch_ops import export_flavor
     from runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
-    from runtime.panoptic_io import temporary_sibling
-    from training.checkpoint import categories_from_json, load_model
+    from runtime.panoptic_io import CategoryTable, temporary_sibling
+    from training.checkpoint import load_model
 
     if args.opset < MIN_OPSET:
         raise ExportError(f"--opset {args.opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
@@ -75,7 +77,7 @@ def export(args: argparse.Namespace) -> Path:
     ckpt_path = Path(args.ckpt)
     categories = None
     if args.categories:
-        categories = categories_from_json(json.loads(Path(args.categories).read_text())["categories"])
+        categories = CategoryTable(json.loads(Path(args.categories).read_text())["categories"])
     model, ckpt = load_model(ckpt_path, categories=categories)
     config = ckpt.config.model
     out = Path(args.out) if args.out else ckpt_path.with_name(f"{ckpt_path.stem}_{args.flavor}.onnx")
@@ -118,7 +120,7 @@ def export(args: argparse.Namespace) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return out
+    return out, model, ckpt
 
 
 class _quiet_export_warnings:
@@ -143,12 +145,14 @@ def _simplify(proto):
     return onnxslim.slim(proto)
 
 
-def verify(args: argparse.Namespace, onnx_path: Path) -> bool:
+def verify(args: argparse.Namespace, onnx_path: Path, model, ckpt) -> bool:
+    """Run the export against the PyTorch predictor of the model it was traced from (no second
+    checkpoint load, and the same ``--categories``)."""
     import onnxruntime as ort
 
     from training.predictor import PanopticPredictor
 
-    predictor = PanopticPredictor.from_checkpoint(args.ckpt)
+    predictor = PanopticPredictor(model, ckpt.config.model, ckpt.categories)
     if args.verify_backend == "openvino":
         if args.flavor != "ort":
             raise ExportError("OpenVINO runs the ort flavor only (the trt flavor has TensorRT custom nodes)")
@@ -206,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        out = export(args)
-        if args.verify and not verify(args, out):
+        out, model, ckpt = export(args)
+        if args.verify and not verify(args, out, model, ckpt):
             print("error: parity check failed (see the table above)", file=sys.stderr)
             return 1
     except ExportError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from plugins import reference
+from plugins.names import NMS_NAME, ROI_ALIGN_NAME
 
 _registered = False
 
@@ -28,7 +29,7 @@ def register() -> None:
     f, i64, s = PyCustomOpDef.dt_float, PyCustomOpDef.dt_int64, PyCustomOpDef.dt_string
     common = {"plugin_namespace": s, "plugin_version": s}
 
-    @onnx_op(op_type="MultiLevelRoIAlign", inputs=[f, f, f, f, f], outputs=[f],
+    @onnx_op(op_type=ROI_ALIGN_NAME, inputs=[f, f, f, f, f], outputs=[f],
              attrs={"output_height": i64, "output_width": i64, "sampling_ratio": i64, "base_stride": i64,
                     "finest_scale": f, **common})
     def _multilevel_roi_align(rois, p2, p3, p4, p5, **attrs):
@@ -37,7 +38,7 @@ def register() -> None:
             sampling_ratio=int(attrs["sampling_ratio"]), base_stride=int(attrs["base_stride"]),
             finest_scale=float(attrs["finest_scale"]))
 
-    @onnx_op(op_type="BatchedNMS", inputs=[f, f, i64], outputs=[i64, i64],
+    @onnx_op(op_type=NMS_NAME, inputs=[f, f, i64], outputs=[i64, i64],
              attrs={"iou_threshold": f, "score_threshold": f, "max_output_boxes": i64, **common})
     def _batched_nms(boxes, scores, groups, **attrs):
         selected, counts = reference.batched_nms(

@@ -17,11 +17,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms as _tv_batched_nms, nms as _tv_nms
 
+from plugins.names import CUSTOM_DOMAIN, NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
 from training.model.roi_align import multilevel_roi_align as _multilevel_roi_align
 
-CUSTOM_DOMAIN = "ai.onnx.contrib"
-PLUGIN_NAMESPACE = "pfpn"
-PLUGIN_VERSION = "1"
 ROI_STRIDES = (4, 8, 16, 32)
 FLAVORS = ("ort", "trt")
 
@@ -103,7 +101,7 @@ def _roi_align_symbolic(g, rois, p2, p3, p4, p5, output_size, sampling_ratio, fi
     feats = [p2, p3, p4, p5]
     scales = [1.0 / s for s in ROI_STRIDES]
     if _flavor == "trt":
-        out = g.op(f"{CUSTOM_DOMAIN}::MultiLevelRoIAlign", rois, *feats, output_height_i=size, output_width_i=size,
+        out = g.op(f"{CUSTOM_DOMAIN}::{ROI_ALIGN_NAME}", rois, *feats, output_height_i=size, output_width_i=size,
                    sampling_ratio_i=ratio, base_stride_i=ROI_STRIDES[0], finest_scale_f=finest,
                    plugin_namespace_s=PLUGIN_NAMESPACE, plugin_version_s=PLUGIN_VERSION)
         out.setType(p2.type().with_sizes([None, None, size, size]))
@@ -146,7 +144,7 @@ def _nms_symbolic(g, boxes, scores, groups, iou_threshold, score_threshold, max_
         if not has_groups:  # class-agnostic: one group
             groups = g.op("ConstantOfShape", g.op("Shape", scores), value_t=torch.tensor([0], dtype=torch.int64))
         inputs = [boxes, scores, groups]
-        selected, count = g.op(f"{CUSTOM_DOMAIN}::BatchedNMS", *inputs, iou_threshold_f=iou, score_threshold_f=thr,
+        selected, count = g.op(f"{CUSTOM_DOMAIN}::{NMS_NAME}", *inputs, iou_threshold_f=iou, score_threshold_f=thr,
                                max_output_boxes_i=k, plugin_namespace_s=PLUGIN_NAMESPACE,
                                plugin_version_s=PLUGIN_VERSION, outputs=2)
     else:

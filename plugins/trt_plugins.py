@@ -21,10 +21,7 @@ objects.
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from plugins.torch_ops import PLUGIN_NAMESPACE, PLUGIN_VERSION
-
-ROI_ALIGN_NAME = "MultiLevelRoIAlign"
-NMS_NAME = "BatchedNMS"
+from plugins.names import NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
 ROI_ALIGN_ID = f"{PLUGIN_NAMESPACE}::{ROI_ALIGN_NAME}"
 NMS_ID = f"{PLUGIN_NAMESPACE}::{NMS_NAME}"
 PLUGIN_IDS = (ROI_ALIGN_ID, NMS_ID)

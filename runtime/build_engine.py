@@ -43,9 +43,9 @@ from typing import Any, Iterator, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plugins.names import CUSTOM_DOMAIN  # noqa: E402
 from runtime.trt.profiles import Profile, ProfileError, make_profile  # noqa: E402
 
-CUSTOM_DOMAIN = "ai.onnx.contrib"
 DEFAULT_WORKSPACE_GB = 4.0
 EXIT_USAGE = 2  # bad arguments or input files
 EXIT_ENVIRONMENT = 3  # no TensorRT / no GPU

@@ -177,7 +177,6 @@ def conv_transpose_to_conv(model) -> int:
     position), so DepthToSpace works on the small float logits and all convolutions are int8.
     Returns the number of ConvTransposes replaced.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
     graph = model.graph

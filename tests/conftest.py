@@ -55,3 +55,13 @@ def tiny_onnx(tiny_checkpoint: Path) -> Path:
     out = tiny_checkpoint.with_name("tiny_ort.onnx")
     assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--threads", "1"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trt_onnx(tiny_checkpoint: Path) -> Path:
+    """``tiny_checkpoint`` exported with the trt flavor (custom RoIAlign / NMS nodes)."""
+    from export import to_onnx
+
+    out = tiny_checkpoint.with_name("tiny_trt.onnx")
+    assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--flavor", "trt", "--out", str(out), "--threads", "1"]) == 0
+    return out

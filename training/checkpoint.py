@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from runtime.coco_categories import coco_panoptic_categories
-from runtime.panoptic_io import Category, CategoryTable, temporary_sibling
+from runtime.panoptic_io import CategoryTable, temporary_sibling
 from training.config import (BackboneConfig, ModelConfig, TrainConfig, to_dict, train_config_from_dict)
 from training.model.panoptic_fpn import PanopticFPN, build_model
 
@@ -156,7 +156,9 @@ def load_checkpoint(path: str | os.PathLike, *, categories: CategoryTable | None
         keys = ", ".join(sorted(map(str, obj))[:10])
         raise CheckpointError(f"{path}: not a Panoptic FPN checkpoint (top-level keys: {keys}); expected our "
                               f"format ('format': {FORMAT!r}) or the published one ('state_dict', 'meta')")
-    _check_state_dict(ckpt.state_dict, build_model(ckpt.config.model), path)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation (the caller builds the real one)
+        reference = build_model(ckpt.config.model)
+    _check_state_dict(ckpt.state_dict, reference, path)
     return ckpt
 
 
@@ -204,5 +206,3 @@ def load_model(path: str | os.PathLike, *, categories: CategoryTable | None = No
     return model.to(device).eval(), ckpt
 
 
-def categories_from_json(categories: list[dict]) -> CategoryTable:
-    return CategoryTable([Category(int(c["id"]), str(c["name"]), bool(c["isthing"])) for c in categories])

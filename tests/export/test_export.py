@@ -41,16 +41,9 @@ def _checkpoint(path: Path, categories: CategoryTable, firing: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_root):
-    tmp = tmp_path_factory.mktemp("export")
-    cats = CocoPanopticDataset(synthetic_root, "val").categories
-    ckpt = _checkpoint(tmp / "tiny.pt", cats, firing=True)
-    paths = {}
-    for flavor in ("ort", "trt"):
-        assert to_onnx.main(["--ckpt", str(ckpt), "--flavor", flavor, "--out", str(tmp / f"tiny_{flavor}.onnx"),
-                             "--threads", "1"]) == 0
-        paths[flavor] = tmp / f"tiny_{flavor}.onnx"
-    return ckpt, paths
+def exported(tiny_checkpoint, tiny_onnx, tiny_trt_onnx):
+    """The firing small model (conftest) and both flavors of its export."""
+    return tiny_checkpoint, {"ort": tiny_onnx, "trt": tiny_trt_onnx}
 
 
 def _images(synthetic_root):

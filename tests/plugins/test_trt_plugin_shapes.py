@@ -80,7 +80,7 @@ def test_target_sm():
 
 
 def test_plugin_ids_match_the_onnx_nodes():
-    from plugins.torch_ops import PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from plugins.names import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
     assert tp.PLUGIN_IDS == ("pfpn::MultiLevelRoIAlign", "pfpn::BatchedNMS")
     assert PLUGIN_NAMESPACE == "pfpn" and PLUGIN_VERSION == "1"

@@ -7,7 +7,6 @@ and MMDET_RUN_REFERENCE (default /opt/mmref/run_reference.py). Skipped, saying s
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 from pathlib import Path

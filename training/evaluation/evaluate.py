@@ -13,7 +13,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from runtime.panoptic_io import atomic_write_json, write_panoptic_png
+from runtime.panoptic_io import atomic_write_json
 from runtime.result import PanopticResult
 from training.evaluation.pq import PQResult, pq_compute
 

@@ -7,35 +7,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export import to_onnx
 from plugins.ort_ops import session_options
 from runtime.preprocess import prepare_batch
 from runtime.trt.fp16 import FLOAT16, convert_to_fp16, select_fp16_nodes, sensitive_producers, tensor_types
-from training.checkpoint import save_checkpoint
-from training.config import tiny_synthetic
 from training.data.coco_panoptic import CocoPanopticDataset
-from training.model.panoptic_fpn import build_model
-from training.random_checkpoint import make_firing
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_root):
-    tmp = tmp_path_factory.mktemp("fp16")
-    cats = CocoPanopticDataset(synthetic_root, "val").categories
-    config = tiny_synthetic(cats.num_things, cats.num_stuff)
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "tiny.pt", model=make_firing(build_model(config.model)), config=config, categories=cats)
-    out = {}
-    for flavor in ("ort", "trt"):
-        assert to_onnx.main(["--ckpt", str(tmp / "tiny.pt"), "--flavor", flavor, "--out",
-                             str(tmp / f"{flavor}.onnx"), "--threads", "1"]) == 0
-        out[flavor] = onnx.load(str(tmp / f"{flavor}.onnx"))
-    return out
+def exported(tiny_onnx, tiny_trt_onnx):
+    return {"ort": onnx.load(str(tiny_onnx)), "trt": onnx.load(str(tiny_trt_onnx))}
 
 
 def _session(model, flavor):

@@ -9,29 +9,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export import to_onnx
 from runtime.trt import qdq
 from runtime.trt.calibration import make_batch
 from runtime.trt.fp16 import sensitive_producers
-from training.checkpoint import save_checkpoint
-from training.config import tiny_synthetic
 from training.data.coco_panoptic import CocoPanopticDataset
-from training.model.panoptic_fpn import build_model
-from training.random_checkpoint import make_firing
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_root):
-    tmp = tmp_path_factory.mktemp("qdq")
-    cats = CocoPanopticDataset(synthetic_root, "val").categories
-    config = tiny_synthetic(cats.num_things, cats.num_stuff)
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "tiny.pt", model=make_firing(build_model(config.model)), config=config, categories=cats)
-    assert to_onnx.main(["--ckpt", str(tmp / "tiny.pt"), "--out", str(tmp / "ort.onnx"), "--threads", "1"]) == 0
-    return onnx.load(str(tmp / "ort.onnx"))
+def exported(tiny_onnx):
+    return onnx.load(str(tiny_onnx))
 
 
 @pytest.fixture(scope="module")
