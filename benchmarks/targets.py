@@ -180,8 +180,8 @@ def make_target(name: str, *, ckpt: Path, workdir: Path, threads: int, calib_ima
         "ort_fp32": lambda: _runtime(name, onnx_file(ckpt, workdir), Predictor, threads=threads),
         "ort_int8": lambda: _runtime(name, int8_file(ckpt, workdir, calib_images), Predictor, threads=threads),
         "openvino": lambda: _openvino(name, ckpt, workdir, threads),
-        "trt_fp16": lambda: _tensorrt(name, ckpt, workdir, "fp16", calib_dir),
-        "trt_int8": lambda: _tensorrt(name, ckpt, workdir, "int8", calib_dir),
+        "trt_fp16": lambda: _tensorrt(name, ckpt, workdir, "fp16", None, calib_images),
+        "trt_int8": lambda: _tensorrt(name, ckpt, workdir, "int8", calib_dir, calib_images),
     }
     if name not in builders:
         return Target(name, "failed", f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
@@ -210,12 +210,15 @@ def _openvino(name: str, ckpt: Path, workdir: Path, threads: int) -> Target:
                   predictor=RuntimeTarget(Predictor(model, backend="openvino", threads=threads)))
 
 
-def _tensorrt(name: str, ckpt: Path, workdir: Path, precision: str, calib_dir: Path | None) -> Target:
+def _tensorrt(name: str, ckpt: Path, workdir: Path, precision: str, calib_dir: Path | None,
+              calib_images: Sequence[Path]) -> Target:
     reason = gpu_unavailable_reason()
     if reason:
         raise _Skip(reason)
     from runtime.predictor import Predictor
 
+    if precision == "int8" and calib_dir is None:  # build_engine.py calibrates from a folder
+        calib_dir = copy_images(calib_images, workdir / "calib")
     engine = engine_file(ckpt, workdir, precision, calib_dir)
     return Target(name, "ok", model_file=engine, predictor=RuntimeTarget(Predictor(engine)))
 

@@ -61,3 +61,25 @@ def test_scripts_explain_themselves():
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
     proc = _run("fps.py", "--backends", "pytorch,warp_drive", "--ckpt", __file__)
     assert proc.returncode == 2 and "unknown backend" in proc.stderr
+
+
+def test_trt_int8_target_gets_a_calibration_folder(monkeypatch, tmp_path):
+    """pq_parity passes calibration images but no folder; build_engine.py --int8 needs a folder."""
+    import benchmarks.targets as targets
+
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"calib_{i}.png")
+        images[-1].write_bytes(b"png")
+    seen = {}
+
+    def fake_engine_file(ckpt, workdir, precision, calib_dir):
+        seen["calib_dir"] = calib_dir
+        raise targets._Skip("stop before building")
+
+    monkeypatch.setattr(targets, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setattr(targets, "engine_file", fake_engine_file)
+    target = targets.make_target("trt_int8", ckpt=tmp_path / "x.pt", workdir=tmp_path / "deploy", threads=1,
+                                 calib_images=images)
+    assert target.status == "skipped"
+    assert sorted(p.name for p in seen["calib_dir"].iterdir()) == ["calib_0.png", "calib_1.png"]

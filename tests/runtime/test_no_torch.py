@@ -39,3 +39,13 @@ def test_no_torch_import_in_runtime_sources():
         for line in path.read_text().splitlines():
             stripped = line.strip()
             assert not stripped.startswith(("import torch", "from torch")), f"{path}: {line}"
+
+
+def test_engine_builder_and_plugins_import_without_torch():
+    """Building a trt-flavor engine loads plugins/trt_plugins.py; neither may pull in PyTorch."""
+    code = ("import sys\nsys.modules['torch'] = None\nsys.modules['torchvision'] = None\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "import runtime.build_engine, plugins.trt_plugins, plugins.ort_ops, plugins.names\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

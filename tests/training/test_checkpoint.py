@@ -9,9 +9,17 @@ from training.config import tiny_synthetic
 from training.model.panoptic_fpn import build_model
 from runtime.panoptic_io import Category, CategoryTable
 
-REFERENCE_LISTING = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / \
-    "mmdet_panoptic_fpn_r50_state_dict.txt"
+# The published checkpoint's tensor listing (name, shape, dtype), copied from
+# ../shared/reference/ so that a clone without the shared folder runs these tests too.
+REFERENCE_LISTING = Path(__file__).resolve().parents[1] / "fixtures" / "mmdet_panoptic_fpn_r50_state_dict.txt"
+SHARED_LISTING = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / REFERENCE_LISTING.name
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+def test_vendored_listing_is_the_shared_one():
+    if not SHARED_LISTING.is_file():
+        pytest.skip(f"no shared reference folder next to this checkout ({SHARED_LISTING})")
+    assert REFERENCE_LISTING.read_text() == SHARED_LISTING.read_text()
 
 
 def _reference_state_dict() -> dict[str, torch.Tensor]:

@@ -601,6 +601,9 @@ def check_sort_kernel_heap_sort_fallback():
         assert heap_sorted, "the adversarial input should reach the introsort depth limit"
         assert order == torch.argsort(-torch.from_numpy(scores)).tolist()
         assert _sort_order(scores, 100) == order
+        from runtime.postprocess import fusion_order  # the numpy runtime's emulation reaches heap sort too
+
+        assert fusion_order(scores).tolist() == order
     stable = sorted(range(100), key=lambda i: -scores[i])
     assert order != stable  # heap sort is not stable: the tie order really comes from it
 
