@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,7 +67,7 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     from export.metadata import build_metadata, write_metadata
     from plugins.torch_ops import export_flavor
     from runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
-    from runtime.panoptic_io import CategoryTable, temporary_sibling
+    from runtime.panoptic_io import CategoryTable, atomic_output
     from training.checkpoint import load_model
 
     if args.opset < MIN_OPSET:
@@ -99,9 +98,8 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     # TensorRT keeps static shapes; ONNX Runtime / OpenVINO run the mask head on the detections only
     graph = ExportablePanopticFPN(model, config, mask_head_on_detections_only=args.flavor == "ort").eval()
 
-    tmp = temporary_sibling(out)
-    try:
-        t0 = time.time()
+    t0 = time.time()
+    with atomic_output(out) as tmp:
         with export_flavor(args.flavor), torch.no_grad(), _quiet_export_warnings():
             torch.onnx.export(graph, (images, sizes), tmp, dynamo=False, opset_version=args.opset,
                               input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
@@ -113,13 +111,8 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
                                              source=f"{ckpt_path.name} ({ckpt.source})"))
         onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
-        os.replace(tmp, out)
-        print(f"exported {out} ({args.flavor}, opset {args.opset}, {out.stat().st_size / 1e6:.1f} MB) "
-              f"in {time.time() - t0:.1f} s")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    print(f"exported {out} ({args.flavor}, opset {args.opset}, {out.stat().st_size / 1e6:.1f} MB) "
+          f"in {time.time() - t0:.1f} s")
     return out, model, ckpt
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from runtime.contract import SEMANTIC_STRIDE
 from runtime.panoptic_io import VOID_ID, CategoryTable
-from runtime.result import PanopticResult
+from runtime.result import PanopticResult, segments_info
 
 __all__ = [
     "PostprocessOutput",
@@ -95,17 +95,9 @@ def to_panoptic_result(output: PostprocessOutput, categories: CategoryTable, sco
     output.label_map, categories, instance_scores=scores[output.kept], ...)`` without its
     ``np.unique`` over every pixel. ``scores``: the scores of all N detections given to
     :func:`postprocess_single_image`."""
-    scores = np.asarray(scores)
-    offset = output.instance_offset
-    segments = []
-    for seg_id, area, bbox in zip(output.segment_ids.tolist(), output.segment_areas.tolist(),
-                                  output.segment_bboxes.tolist()):
-        label = seg_id % offset
-        cat = categories.by_label[label]
-        k = seg_id // offset
-        score = float(scores[output.kept[k - 1]]) if cat.isthing and 0 < k <= len(output.kept) else None
-        segments.append({"id": int(seg_id), "category_id": cat.id, "isthing": cat.isthing, "area": int(area),
-                         "bbox": [int(v) for v in bbox], "score": score})
+    kept_scores = np.asarray(scores)[np.asarray(output.kept, dtype=np.int64)]
+    segments = segments_info(output.segment_ids, output.segment_areas, output.segment_bboxes, categories,
+                             kept_scores, output.instance_offset)
     return PanopticResult(id_map=output.id_map(), segments_info=segments)
 
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from runtime.backends import ModelError
-    from runtime.images import ImageError
+    from runtime.images import ImageError, read_image
     from runtime.predictor import Predictor
     from runtime.writers import save_overlay, write_coco_panoptic
 
@@ -65,19 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
         try:
-            predictions = predictor.predict_batch(chunk)
+            images = [read_image(path) for path in chunk]  # decoded once: for the model and the overlay
+            predictions = predictor.predict_batch(images)
         except (FileNotFoundError, ImageError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed += len(chunk)
             continue
-        for path, result in zip(chunk, predictions):
+        for path, image, result in zip(chunk, images, predictions):
             info = {"image_id": path.stem, "file_name": path.name, "png_name": f"{path.stem}.png"}
             results.append((info, result))
             if not args.no_overlay:
-                import cv2
-
-                save_overlay(out / "overlay" / f"{path.stem}.png", cv2.imread(str(path)), result,
-                             predictor.categories)
+                save_overlay(out / "overlay" / f"{path.stem}.png", image, result, predictor.categories)
             print(f"{path}: {len(result.segments_info)} segments", flush=True)
     if results:
         json_path, folder = write_coco_panoptic(results, predictor.categories.to_json(), out)

@@ -411,7 +411,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
                                           quantize_static)
 
     from runtime.backends import _read_onnx_metadata
-    from runtime.panoptic_io import temporary_sibling
+    from runtime.panoptic_io import atomic_output
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     metadata = _read_onnx_metadata(onnx_path)
@@ -437,8 +437,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     if not nodes:
         raise ValueError(f"{onnx_path}: found no network layers to quantize (expected node names under "
                          f"{QUANTIZED_MODULES})")
-    tmp = temporary_sibling(out_path)
-    try:
+    with atomic_output(out_path) as tmp:
         with tempfile.TemporaryDirectory() as work:
             prepared = os.path.join(work, "prepared.onnx")
             onnx.save(model, prepared)
@@ -460,11 +459,6 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(model, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return out_path
 
 

@@ -20,8 +20,13 @@ class PanopticResult:
     segments_info: list[dict] = field(default_factory=list)  # id, category_id, isthing, area, bbox, score
 
     def to_coco_annotation(self, image_id: int | str, file_name: str) -> dict:
-        segs = [{"id": s["id"], "category_id": s["category_id"], "area": s["area"], "bbox": s["bbox"], "iscrowd": 0}
-                for s in self.segments_info]
+        """COCO's annotation record; things keep their ``score`` next to COCO's fields."""
+        segs = []
+        for s in self.segments_info:
+            seg = {"id": s["id"], "category_id": s["category_id"], "area": s["area"], "bbox": s["bbox"], "iscrowd": 0}
+            if s.get("score") is not None:
+                seg["score"] = float(s["score"])
+            segs.append(seg)
         return {"image_id": image_id, "file_name": file_name, "segments_info": segs}
 
 
@@ -53,14 +58,23 @@ def panoptic_result_from_label_map(label_map: np.ndarray, categories: CategoryTa
     seg_ids, inverse, areas = np.unique(id_map, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(id_map.shape)
     boxes = segment_bboxes(inverse, len(seg_ids))
+    return PanopticResult(id_map=id_map, segments_info=segments_info(seg_ids, areas, boxes, categories,
+                                                                     instance_scores, instance_offset))
+
+
+def segments_info(seg_ids: Sequence[int] | np.ndarray, areas: Sequence[int] | np.ndarray,
+                  bboxes: Sequence[Sequence[int]] | np.ndarray, categories: CategoryTable,
+                  instance_scores: Sequence[float] | np.ndarray, instance_offset: int) -> list[dict]:
+    """COCO segments_info of segments (ids ``label + k * instance_offset``, areas, [x, y, w, h]
+    boxes); VOID is skipped; instance_scores[k - 1] is the score of kept instance k."""
     segments = []
-    for i, seg_id in enumerate(seg_ids.tolist()):
+    for seg_id, area, bbox in zip(np.asarray(seg_ids).tolist(), np.asarray(areas).tolist(),
+                                  np.asarray(bboxes).tolist()):
         if seg_id == VOID_ID:
             continue
-        label = seg_id % instance_offset
-        cat = categories.by_label[label]
+        cat = categories.by_label[seg_id % instance_offset]
         k = seg_id // instance_offset
         score = float(instance_scores[k - 1]) if cat.isthing and 0 < k <= len(instance_scores) else None
-        segments.append({"id": int(seg_id), "category_id": cat.id, "isthing": cat.isthing, "area": int(areas[i]),
-                         "bbox": [int(v) for v in boxes[i]], "score": score})
-    return PanopticResult(id_map=id_map, segments_info=segments)
+        segments.append({"id": int(seg_id), "category_id": cat.id, "isthing": cat.isthing, "area": int(area),
+                         "bbox": [int(v) for v in bbox], "score": score})
+    return segments

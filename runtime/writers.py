@@ -40,12 +40,7 @@ def write_coco_panoptic(results: Sequence[tuple[dict, PanopticResult]], categori
     images, annotations = [], []
     for info, res in results:
         write_panoptic_png(folder / info["png_name"], res.id_map)
-        ann = res.to_coco_annotation(info["image_id"], info["png_name"])
-        scores = {s["id"]: s.get("score") for s in res.segments_info}
-        for seg in ann["segments_info"]:
-            if scores.get(seg["id"]) is not None:
-                seg["score"] = float(scores[seg["id"]])
-        annotations.append(ann)
+        annotations.append(res.to_coco_annotation(info["image_id"], info["png_name"]))
         images.append({"id": info["image_id"], "file_name": info["file_name"], "height": int(res.id_map.shape[0]),
                        "width": int(res.id_map.shape[1])})
     path = out_dir / f"{name}.json"

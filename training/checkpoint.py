@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from runtime.coco_categories import coco_panoptic_categories
-from runtime.panoptic_io import CategoryTable, temporary_sibling
+from runtime.panoptic_io import CategoryTable, atomic_output
 from training.config import (BackboneConfig, ModelConfig, TrainConfig, to_dict, train_config_from_dict)
 from training.model.panoptic_fpn import PanopticFPN, build_model
 
@@ -51,14 +51,8 @@ class Checkpoint:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save through a temporary file in the same folder and a rename: a crash never
     leaves a half-written checkpoint under ``path``."""
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, config: TrainConfig, categories: CategoryTable,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from runtime.panoptic_io import atomic_write_json
@@ -70,10 +69,3 @@ def evaluate(predictor: Predictor, dataset: Any, out_dir: str | os.PathLike, *, 
     atomic_write_json(out_dir / "pq.json", pq.to_dict())
     return Evaluation(pq=pq, num_images=n, seconds_per_image=elapsed / max(n, 1), pred_json=pred_json,
                       pred_folder=pred_folder, gt_json=gt_json)
-
-
-def id_maps_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of pixels where two COCO id maps agree (for parity between predictors)."""
-    if a.shape != b.shape:
-        raise ValueError(f"id maps differ in shape: {a.shape} vs {b.shape}")
-    return float(np.mean(a == b))
