@@ -140,31 +140,17 @@ def _simplify(proto):
 
 def verify(args: argparse.Namespace, onnx_path: Path, model, ckpt) -> bool:
     """Run the export against the PyTorch predictor of the model it was traced from (no second
-    checkpoint load, and the same ``--categories``)."""
-    import onnxruntime as ort
-
+    checkpoint load, and the same ``--categories``), with the runtime's own backend."""
+    from runtime.backends import open_backend
     from training.predictor import PanopticPredictor
 
     predictor = PanopticPredictor(model, ckpt.config.model, ckpt.categories)
-    if args.verify_backend == "openvino":
-        if args.flavor != "ort":
-            raise ExportError("OpenVINO runs the ort flavor only (the trt flavor has TensorRT custom nodes)")
-        from export.openvino_session import OpenVinoSession
-
-        session = OpenVinoSession(onnx_path, threads=args.threads)
-        return _verify_with(args, predictor, session)
-    options = ort.SessionOptions()
-    if args.flavor == "trt":
-        from plugins.ort_ops import session_options
-
-        options = session_options()
-    if args.threads:
-        options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return _verify_with(args, predictor, session)
+    backend = open_backend(onnx_path, "openvino" if args.verify_backend == "openvino" else "onnxruntime",
+                           threads=args.threads)
+    return _verify_with(args, predictor, backend)
 
 
-def _verify_with(args: argparse.Namespace, predictor, session) -> bool:
+def _verify_with(args: argparse.Namespace, predictor, backend) -> bool:
     from export.verify import compare, format_parity, parity_dicts, passed
 
     if args.verify_images:
@@ -175,7 +161,7 @@ def _verify_with(args: argparse.Namespace, predictor, session) -> bool:
             raise ExportError(f"no .jpg/.png images in {folder}")
     else:
         images = _synthetic_images(args.verify_count)
-    rows = compare(predictor, session, images)
+    rows = compare(predictor, backend, images)
     print(format_parity(rows))
     if args.verify_json:
         Path(args.verify_json).write_text(json.dumps(parity_dicts(rows), indent=2))

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from runtime.contract import OUTPUT_NAMES
 from runtime.preprocess import prepare_batch
 from training.model.box_ops import box_iou
 from training.model.panoptic_fpn import Detections
@@ -83,9 +84,10 @@ def onnx_detections(outputs: Sequence[np.ndarray], index: int) -> tuple[Detectio
     return det, torch.from_numpy(semantic[index].copy())
 
 
-def compare(predictor: PanopticPredictor, session, images: Sequence[np.ndarray | str | os.PathLike],
+def compare(predictor: PanopticPredictor, backend, images: Sequence[np.ndarray | str | os.PathLike],
             names: Sequence[str] | None = None, batch_size: int = 1) -> list[ImageParity]:
-    """Run both on ``images``; ``session`` is an onnxruntime.InferenceSession of the exported file."""
+    """Run both on ``images``; ``backend`` runs the exported file (a ``runtime.backends`` backend:
+    ONNX Runtime, OpenVINO, ...)."""
     config = predictor.config
     bgr = [load_bgr(im) for im in images]
     names = list(names) if names is not None else [str(Path(im).name) if isinstance(im, (str, os.PathLike))
@@ -95,7 +97,8 @@ def compare(predictor: PanopticPredictor, session, images: Sequence[np.ndarray |
         chunk = bgr[start:start + batch_size]
         batch, sizes, factors = prepare_batch(chunk, config.input.max_long_side, config.input.max_short_side,
                                               config.input.size_divisor)
-        outputs = session.run(None, {"images": batch, "image_sizes": sizes})
+        by_name = backend.run(batch, sizes)
+        outputs = [by_name[name] for name in OUTPUT_NAMES]
         for j, image in enumerate(chunk):
             results.append(_compare_one(predictor, image, outputs, j, batch.shape[1:3], tuple(sizes[j]), factors[j],
                                         names[start + j]))

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from export import to_onnx
 from export.metadata import read_metadata
 from export.verify import compare
-from plugins.ort_ops import session_options
+from runtime.backends import OnnxRuntimeBackend
 from runtime.contract import CONTRACT_VERSION, OUTPUT_NAMES
 from runtime.panoptic_io import CategoryTable
 from runtime.preprocess import prepare_batch
@@ -55,17 +54,16 @@ def _images(synthetic_root):
     return [cv2.resize(base[0], (150, 230)), cv2.resize(base[1], (301, 200)), base[2]]
 
 
-def _session(path: Path, flavor: str):
-    options = session_options() if flavor == "trt" else ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _backend(path: Path):
+    """The runtime's ONNX Runtime backend (it registers the reference custom ops for the trt flavor)."""
+    return OnnxRuntimeBackend(path, threads=1)
 
 
 @pytest.mark.parametrize("flavor", ["ort", "trt"])
 def test_round_trip_matches_pytorch(exported, synthetic_root, flavor):
     ckpt, paths = exported
     predictor = PanopticPredictor.from_checkpoint(ckpt)
-    rows = compare(predictor, _session(paths[flavor], flavor), _images(synthetic_root))
+    rows = compare(predictor, _backend(paths[flavor]), _images(synthetic_root))
     assert all(r.num_torch > 0 for r in rows)  # the detector fires: instances are compared
     for r in rows:
         assert r.ok, r
@@ -93,13 +91,13 @@ def test_batch_of_four_equals_batch_of_one(exported, synthetic_root):
     _, paths = exported
     ds = CocoPanopticDataset(synthetic_root, "val")
     images = [ds[i]["image"] for i in range(4)]
-    sess = _session(paths["ort"], "ort")
+    backend = _backend(paths["ort"])
     batch, sizes, _ = prepare_batch(images, 256, 192, 32)
-    together = sess.run(None, {"images": batch, "image_sizes": sizes})
+    together = backend.run(batch, sizes)
     for i in range(4):
-        single = sess.run(None, {"images": batch[i:i + 1], "image_sizes": sizes[i:i + 1]})
-        for a, b in zip(together, single):
-            np.testing.assert_allclose(a[i:i + 1], b, rtol=1e-5, atol=1e-5)
+        single = backend.run(batch[i:i + 1], sizes[i:i + 1])
+        for name in OUTPUT_NAMES:
+            np.testing.assert_allclose(together[name][i:i + 1], single[name], rtol=1e-5, atol=1e-5)
 
 
 def test_no_detections(tmp_path, synthetic_root):
@@ -108,16 +106,16 @@ def test_no_detections(tmp_path, synthetic_root):
     out = tmp_path / "quiet.onnx"
     assert to_onnx.main(["--ckpt", str(ckpt), "--out", str(out), "--threads", "1"]) == 0
     predictor = PanopticPredictor.from_checkpoint(ckpt)
-    rows = compare(predictor, _session(out, "ort"), [np.zeros((100, 120, 3), np.uint8)])
+    rows = compare(predictor, _backend(out), [np.zeros((100, 120, 3), np.uint8)])
     assert rows[0].num_torch == rows[0].num_onnx == 0 and rows[0].ok
 
 
 def test_openvino_runs_the_ort_flavor(exported, synthetic_root):
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
-    from export.openvino_session import OpenVinoSession
+    from runtime.backends import OpenVinoBackend
 
     ckpt, paths = exported
-    rows = compare(PanopticPredictor.from_checkpoint(ckpt), OpenVinoSession(paths["ort"], threads=1),
+    rows = compare(PanopticPredictor.from_checkpoint(ckpt), OpenVinoBackend(paths["ort"], threads=1),
                    _images(synthetic_root))
     for r in rows:
         assert r.ok, r
