@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -120,12 +120,23 @@ def _std_sort_indices(keys: list[float]) -> list[int]:
     """Indices of ``keys`` in the order libstdc++'s ``std::sort`` (introsort) puts (key, index)
     pairs with torch's ascending comparator (NaN last). Torch's CPU sort uses it when
     ``stable=False``; equal keys come out in its deterministic but non-stable order."""
-    a = [(k, i) for i, k in enumerate(keys)]
-    n = len(a)
 
     def less(p, q) -> bool:
         x, y = p[0], q[0]
         return (x == x and y != y) or x < y
+
+    ordered, _ = std_sort([(k, i) for i, k in enumerate(keys)], less)
+    return [i for _, i in ordered]
+
+
+def std_sort(items: list, less: Callable[[Any, Any], bool]) -> tuple[list, bool]:
+    """libstdc++ (GCC 13) ``std::sort`` of ``items`` with the comparator ``less``: introsort
+    (threshold 16, depth 2 * floor(log2 n), median-of-3 pivot moved to the front, unguarded
+    partition), heap-sort fallback at depth 0, final insertion sort. -> (sorted copy, whether the
+    heap-sort fallback ran)."""
+    a = list(items)
+    n = len(a)
+    heap_sorted = False
 
     def unguarded_linear_insert(last: int) -> None:
         val = a[last]
@@ -189,6 +200,8 @@ def _std_sort_indices(keys: list[float]) -> list[int]:
         a[first + hole] = value
 
     def heap_sort(first: int, last: int) -> None:  # std::__partial_sort(first, last, last)
+        nonlocal heap_sorted
+        heap_sorted = True
         length = last - first
         if length >= 2:
             parent = (length - 2) // 2
@@ -223,7 +236,7 @@ def _std_sort_indices(keys: list[float]) -> list[int]:
                 unguarded_linear_insert(i)
         else:
             insertion_sort(0, n)
-    return [i for _, i in a]
+    return a, heap_sorted
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import pytest
 
 from runtime.gpu.postprocess import (  # torch-free, triton-free
     SPECS_BY_NAME, Buf, FusionConfig, ImageGeometry, Launch, Memset, WorkspaceLayout, launch_plan, read_back)
+from runtime.postprocess import fusion_order, std_sort  # the numpy runtime's emulation of torch's CPU sort
 
 ROOT = Path(__file__).resolve().parents[3]
 CHILD_FLAG = "GPU_KERNELS_INTERPRETER_CHILD"
@@ -439,126 +440,16 @@ def check_sort_kernel_matches_torch_argsort():
     assert _sort_order(s, 0) == []
 
 
-class StdSort:
-    """libstdc++ (GCC 13) std::sort, which torch's CPU sort(stable=False) runs on (key, index)
-    pairs: introsort (threshold 16, depth 2 * floor(log2 n), median-of-3 pivot moved to the
-    front, unguarded partition), heap-sort fallback at depth 0, final insertion sort.
-    ``less(a, b)`` compares items; records whether the heap-sort fallback ran."""
-
-    def __init__(self, less):
-        self.less = less
-        self.heap_sorted = False
-
-    def sort(self, items: list) -> list:
-        a = list(items)
-        less = self.less
-
-        def adjust_heap(first, hole, length, value):
-            top = hole
-            child = hole
-            while child < (length - 1) // 2:
-                child = 2 * (child + 1)
-                if less(a[first + child], a[first + child - 1]):
-                    child -= 1
-                a[first + hole] = a[first + child]
-                hole = child
-            if (length & 1) == 0 and child == (length - 2) // 2:
-                child = 2 * (child + 1)
-                a[first + hole] = a[first + child - 1]
-                hole = child - 1
-            parent = (hole - 1) // 2
-            while hole > top and less(a[first + parent], value):
-                a[first + hole] = a[first + parent]
-                hole = parent
-                parent = (hole - 1) // 2
-            a[first + hole] = value
-
-        def heap_sort(first, last):
-            self.heap_sorted = True
-            length = last - first
-            if length >= 2:
-                parent = (length - 2) // 2
-                while True:
-                    adjust_heap(first, parent, length, a[first + parent])
-                    if parent == 0:
-                        break
-                    parent -= 1
-            while last - first > 1:
-                last -= 1
-                value = a[last]
-                a[last] = a[first]
-                adjust_heap(first, 0, last - first, value)
-
-        def introsort(first, last, depth):
-            while last - first > 16:
-                if depth == 0:
-                    heap_sort(first, last)
-                    return
-                depth -= 1
-                mid = first + (last - first) // 2
-                x, y, z = first + 1, mid, last - 1
-                if less(a[x], a[y]):
-                    m = y if less(a[y], a[z]) else (z if less(a[x], a[z]) else x)
-                elif less(a[x], a[z]):
-                    m = x
-                elif less(a[y], a[z]):
-                    m = z
-                else:
-                    m = y
-                a[first], a[m] = a[m], a[first]
-                lo, hi = first + 1, last
-                while True:
-                    while less(a[lo], a[first]):
-                        lo += 1
-                    hi -= 1
-                    while less(a[first], a[hi]):
-                        hi -= 1
-                    if not lo < hi:
-                        break
-                    a[lo], a[hi] = a[hi], a[lo]
-                    lo += 1
-                introsort(lo, last, depth)
-                last = lo
-
-        def linear_insert(i):
-            val = a[i]
-            j = i - 1
-            while less(val, a[j]):
-                a[j + 1] = a[j]
-                j -= 1
-            a[j + 1] = val
-
-        def insertion_sort(first, last):
-            for i in range(first + 1, last):
-                if less(a[i], a[first]):
-                    val = a[i]
-                    a[first + 1:i + 1] = a[first:i]
-                    a[first] = val
-                else:
-                    linear_insert(i)
-
-        n = len(a)
-        if n:
-            introsort(0, n, 2 * (n.bit_length() - 1))
-            if n > 16:
-                insertion_sort(0, 16)
-                for i in range(16, n):
-                    linear_insert(i)
-            else:
-                insertion_sort(0, n)
-        return a
-
-
 def torch_cpu_argsort_desc(scores: np.ndarray) -> tuple[list[int], bool]:
-    """torch.argsort(-scores) on the CPU, emulated (order, whether heap-sort ran)."""
+    """torch.argsort(-scores) on the CPU, emulated with the runtime's std::sort (order, whether
+    heap-sort ran); checked against torch itself below."""
     keys = (-scores.astype(np.float32)).tolist()
 
     def less(i, j):
         a, b = keys[i], keys[j]
         return (not math.isnan(a) and math.isnan(b)) or a < b
 
-    sorter = StdSort(less)
-    return sorter.sort(list(range(len(keys)))), sorter.heap_sorted
+    return std_sort(list(range(len(keys))), less)
 
 
 def median_of_3_killer(n: int) -> np.ndarray:
@@ -579,7 +470,7 @@ def median_of_3_killer(n: int) -> np.ndarray:
             state["candidate"] = y
         return val[x] < val[y]
 
-    StdSort(less).sort(list(range(n)))
+    std_sort(list(range(n)), less)
     return np.array(val, np.float32)  # sort keys (= -scores)
 
 
@@ -601,9 +492,7 @@ def check_sort_kernel_heap_sort_fallback():
         assert heap_sorted, "the adversarial input should reach the introsort depth limit"
         assert order == torch.argsort(-torch.from_numpy(scores)).tolist()
         assert _sort_order(scores, 100) == order
-        from runtime.postprocess import fusion_order  # the numpy runtime's emulation reaches heap sort too
-
-        assert fusion_order(scores).tolist() == order
+        assert fusion_order(scores).tolist() == order  # the runtime's (key, index) form of it
     stable = sorted(range(100), key=lambda i: -scores[i])
     assert order != stable  # heap sort is not stable: the tie order really comes from it
 
