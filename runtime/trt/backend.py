@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.contract import MASK_SIZE, SEMANTIC_STRIDE
+from runtime.contract import MASK_SIZE
 
 
 @dataclass
@@ -60,22 +60,18 @@ class TensorRTBackend:
 
         tensors = self.runner.enqueue(images, image_sizes)
         pointers = {name: t.ptr for name, t in tensors.items()}
-        logits_shape = tensors["semantic_logits"].shape
+        logits_size = tuple(int(v) for v in tensors["semantic_logits"].shape[2:])  # padded size / stride 4
         padded = (int(images.shape[1]), int(images.shape[2]))
         meta = self.metadata
-        small = {}
-        for name in ("boxes", "scores", "labels", "num_detections"):
-            t = tensors[name]
-            small[name] = self.runner._out_buffers[name].copy_to_host(np.empty(t.shape, t.dtype), self.runner.stream)
+        small = self.runner.copy_outputs(tensors, ("boxes", "scores", "labels", "num_detections"))
         out = []
         for i in range(images.shape[0]):
             ptrs = image_pointers(pointers, i, max_detections=meta.max_detections,
                                   num_stuff_classes=meta.num_stuff_classes,
-                                  logits_size=(int(logits_shape[2]), int(logits_shape[3])), mask_size=MASK_SIZE)
+                                  logits_size=logits_size, mask_size=MASK_SIZE)
             result = self.gpu_post.run(
                 **ptrs, original_size=tuple(original_sizes[i]), resized_size=tuple(int(v) for v in image_sizes[i]),
-                padded_size=padded, scale_factor=tuple(scale_factors[i]),
-                logits_size=(padded[0] // SEMANTIC_STRIDE, padded[1] // SEMANTIC_STRIDE))
+                padded_size=padded, scale_factor=tuple(scale_factors[i]), logits_size=logits_size)
             n = int(small["num_detections"][i])
             out.append(DeviceLabelMap(result.label_map, result.kept, small["boxes"][i, :n], small["scores"][i, :n],
                                       small["labels"][i, :n]))

@@ -3,9 +3,9 @@
 memory from cuda-python (``cuda.bindings.runtime``).
 
 Output buffers stay on the device, sized once for the profile's max batch. ``infer`` copies them
-to the host, unless a ``post_processor`` is given: it then receives the device tensors (pointer,
-shape, dtype) and the stream handle, so that a GPU post-processor (mask pasting, fusion) can
-consume them in place on the same stream, and its return value is returned.
+to the host; ``enqueue`` returns the device tensors (pointer, shape, dtype) instead, so that a GPU
+post-processor (mask pasting, fusion) consumes them in place on the same stream, and
+``copy_outputs`` fetches the few small ones it needs on the host.
 
 Thin by design: what can be decided without a GPU (shapes, versions, metadata) lives in
 ``profiles`` / ``engine_file`` and is tested there.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -134,7 +134,6 @@ class DeviceTensor:
     dtype: np.dtype
 
 
-PostProcessor = Callable[[Mapping[str, DeviceTensor], int], Any]
 
 
 def import_tensorrt() -> Any:
@@ -153,8 +152,7 @@ def import_tensorrt() -> Any:
 class TrtRunner:
     """engine + sidecar -> outputs. ``infer(images, image_sizes)``; see the module docstring."""
 
-    def __init__(self, engine_path: str | os.PathLike, *, device: int = 0,
-                 post_processor: PostProcessor | None = None) -> None:
+    def __init__(self, engine_path: str | os.PathLike, *, device: int = 0) -> None:
         import_tensorrt()  # a one-line ImportError when TensorRT is missing
         import tensorrt as trt
 
@@ -171,7 +169,6 @@ class TrtRunner:
             raise RuntimeError(f"TensorRT could not deserialize {engine_path} (see the TensorRT log above)")
         self.context = self.engine.create_execution_context()
         self.stream = Stream()
-        self.post_processor = post_processor
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -218,15 +215,16 @@ class TrtRunner:
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         return tensors
 
-    def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Any:
-        tensors = self.enqueue(images, image_sizes)
-        if self.post_processor is not None:
-            result = self.post_processor(tensors, int(self.stream))
-            self.stream.synchronize()
-            return result
-        host = {}
-        for name, t in tensors.items():
-            host[name] = self._out_buffers[name].copy_to_host(np.empty(t.shape, t.dtype), self.stream)
+    def copy_outputs(self, tensors: Mapping[str, DeviceTensor], names: Sequence[str] | None = None
+                     ) -> dict[str, np.ndarray]:
+        """Host copies of the enqueued outputs ``names`` (default: all), queued on the stream: valid
+        after the next synchronisation."""
+        return {name: self._out_buffers[name].copy_to_host(np.empty(tensors[name].shape, tensors[name].dtype),
+                                                           self.stream)
+                for name in (names if names is not None else list(tensors))}
+
+    def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        host = self.copy_outputs(self.enqueue(images, image_sizes))
         self.stream.synchronize()
         return host
 
