@@ -266,6 +266,12 @@ def default_images(count: int, size: tuple[int, int] | None, folder: Path | None
 
 
 def env_threads(threads: int) -> None:
-    """Apply the thread count to every library of this process before they start threads."""
+    """Apply the thread count to this process's libraries: the OpenMP/BLAS variables for those
+    that have not started their threads yet, and OpenCV's pool (resize, pasting) directly, as it
+    is already loaded by the time the arguments are parsed. Torch, ONNX Runtime and OpenVINO get
+    it through their own settings (make_target)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    import cv2
+
+    cv2.setNumThreads(threads)
