@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--categories", help="COCO panoptic JSON whose categories a published checkpoint with "
                    "non-COCO classes should use")
     p.add_argument("--simplify", action="store_true", help="run onnxslim on the exported graph (needs onnxslim)")
+    knobs = p.add_argument_group("deployment settings (default: the checkpoint's; recorded in the file's metadata, "
+                                 "which the runtime follows)")
+    knobs.add_argument("--score-threshold", type=float, help="box score threshold, 0 <= t < 1 (published: 0.6)")
+    knobs.add_argument("--max-detections", type=int, help="detections kept per image after NMS (published: 100)")
+    knobs.add_argument("--mask-threshold", type=float, help="pasted mask probability threshold (published: 0.5)")
+    knobs.add_argument("--mask-overlap-threshold", type=float,
+                       help="fusion: drop an instance when more than this fraction is taken (published: 0.5)")
+    knobs.add_argument("--stuff-area-limit", type=int,
+                       help="fusion: stuff segments with fewer pixels become VOID (published: 4096)")
     p.add_argument("--verify", action="store_true",
                    help="run ONNX Runtime against PyTorch on real images and print the parity (non-zero exit if any "
                         "image is outside the thresholds)")
@@ -69,6 +79,8 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     from runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
     from runtime.panoptic_io import CategoryTable, atomic_output
     from training.checkpoint import load_model
+    from training.config import DEPLOYMENT_SETTINGS, deployment_settings, with_deployment_settings
+    from training.model.panoptic_fpn import build_model
 
     if args.opset < MIN_OPSET:
         raise ExportError(f"--opset {args.opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
@@ -78,7 +90,16 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     if args.categories:
         categories = CategoryTable(json.loads(Path(args.categories).read_text())["categories"])
     model, ckpt = load_model(ckpt_path, categories=categories)
-    config = ckpt.config.model
+    try:
+        config = with_deployment_settings(ckpt.config.model, **{k: getattr(args, k) for k in DEPLOYMENT_SETTINGS})
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if config != ckpt.config.model:
+        # the PyTorch model (traced, and compared with by --verify) follows the same settings
+        ckpt = replace(ckpt, config=replace(ckpt.config, model=config))
+        tuned = build_model(config)
+        tuned.load_state_dict(model.state_dict())
+        model = tuned.eval()
     out = Path(args.out) if args.out else ckpt_path.with_name(f"{ckpt_path.stem}_{args.flavor}.onnx")
     if out.suffix != ".onnx":
         raise ExportError(f"--out must end with .onnx, got {out}")
@@ -111,8 +132,9 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
                                              source=f"{ckpt_path.name} ({ckpt.source})"))
         onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
+    settings = ", ".join(f"{k} {v:g}" for k, v in deployment_settings(config).items())
     print(f"exported {out} ({args.flavor}, opset {args.opset}, {out.stat().st_size / 1e6:.1f} MB) "
-          f"in {time.time() - t0:.1f} s")
+          f"in {time.time() - t0:.1f} s; {settings}")
     return out, model, ckpt
 
 

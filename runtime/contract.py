@@ -62,6 +62,11 @@ DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "semantic_logits": {0: "batch", 2: "height_4", 3: "width_4"},
 }
 
+# Inference thresholds that can be chosen at export (export/to_onnx.py --score-threshold ...);
+# the file records them and the runtime follows them. Names are ModelMetadata fields.
+DEPLOYMENT_SETTINGS = ("score_threshold", "max_detections", "mask_threshold", "mask_overlap_threshold",
+                       "stuff_area_limit")
+
 
 @dataclass(frozen=True)
 class ModelMetadata:
@@ -94,6 +99,10 @@ class ModelMetadata:
     INPUT_FORMAT = ("uint8 BGR NHWC, resized keeping aspect ratio (OpenCV INTER_LINEAR) to fit "
                     "max_long_side x max_short_side, zero-padded bottom/right to a multiple of size_divisor; "
                     "image_sizes int64 [B, 2] = (h, w) before padding")
+
+    def deployment_settings(self) -> dict[str, float | int]:
+        """The thresholds this file was exported with (:data:`DEPLOYMENT_SETTINGS`)."""
+        return {name: getattr(self, name) for name in DEPLOYMENT_SETTINGS}
 
     def to_props(self) -> dict[str, str]:
         out = {}

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ModelError, ImportError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    settings = ", ".join(f"{k} {v:g}" for k, v in predictor.settings.items())
+    print(f"model {args.model} ({predictor.backend.name}): {settings}", flush=True)
     out = Path(args.out)
     results, failed = [], 0
     t0 = time.perf_counter()

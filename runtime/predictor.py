@@ -86,6 +86,13 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
 
+    @property
+    def settings(self) -> dict[str, float | int]:
+        """The thresholds this predictor applies, as exported into the model file: score_threshold,
+        max_detections (in the network), mask_threshold, mask_overlap_threshold, stuff_area_limit
+        (post-processing)."""
+        return self.metadata.deployment_settings()
+
     # ------------------------------------------------------------------------------------------
     def predict(self, image: np.ndarray | str | os.PathLike) -> PanopticResult:
         """One image: an (H, W, 3) uint8 BGR array or an image path -> PanopticResult."""

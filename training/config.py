@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from runtime.contract import DEPLOYMENT_SETTINGS  # noqa: F401  (re-exported for export/)
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -159,6 +161,60 @@ class TrainConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
+
+
+# --------------------------------------------------------------------------------------
+# deployment settings: the inference thresholds a user may change at export
+
+def deployment_settings(config: ModelConfig) -> dict[str, float | int]:
+    """The inference thresholds of ``config`` by the names of ``runtime.contract.DEPLOYMENT_SETTINGS``."""
+    return {"score_threshold": config.box_head.score_threshold, "max_detections": config.box_head.max_detections,
+            "mask_threshold": config.mask_head.mask_threshold,
+            "mask_overlap_threshold": config.fusion.mask_overlap_threshold,
+            "stuff_area_limit": config.fusion.stuff_area_limit}
+
+
+def with_deployment_settings(config: ModelConfig, *, score_threshold: float | None = None,
+                             max_detections: int | None = None, mask_threshold: float | None = None,
+                             mask_overlap_threshold: float | None = None,
+                             stuff_area_limit: int | None = None) -> ModelConfig:
+    """``config`` with some inference thresholds replaced (None keeps the config's value).
+
+    score_threshold: a (proposal, class) pair is a candidate when its softmax score is above it,
+    0 <= t < 1; max_detections: detections kept after NMS, >= 1; mask_threshold: pasted mask
+    probabilities >= it are foreground, 0 < t <= 1; mask_overlap_threshold: an instance is
+    dropped when more than this fraction of it is already taken, 0 <= t <= 1;
+    stuff_area_limit: stuff segments with fewer pixels become VOID, >= 0. Raises ValueError
+    naming the setting for anything else.
+    """
+    def number(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if value < lo or (lo_open and value == lo) or value > hi or (hi_open and value == hi):
+            raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, "
+                             f"got {value}")
+        return float(value)
+
+    def count(name: str, value, lo: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        return value
+
+    box, mask, fusion = config.box_head, config.mask_head, config.fusion
+    if score_threshold is not None:
+        box = dataclasses.replace(box, score_threshold=number("score_threshold", score_threshold, 0.0, 1.0,
+                                                              hi_open=True))
+    if max_detections is not None:
+        box = dataclasses.replace(box, max_detections=count("max_detections", max_detections, 1))
+    if mask_threshold is not None:
+        mask = dataclasses.replace(mask, mask_threshold=number("mask_threshold", mask_threshold, 0.0, 1.0,
+                                                               lo_open=True))
+    if mask_overlap_threshold is not None:
+        fusion = dataclasses.replace(fusion, mask_overlap_threshold=number(
+            "mask_overlap_threshold", mask_overlap_threshold, 0.0, 1.0))
+    if stuff_area_limit is not None:
+        fusion = dataclasses.replace(fusion, stuff_area_limit=count("stuff_area_limit", stuff_area_limit, 0))
+    return dataclasses.replace(config, box_head=box, mask_head=mask, fusion=fusion)
 
 
 # --------------------------------------------------------------------------------------

@@ -144,6 +144,9 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(exported, tmp_path):
         (["--ckpt", str(ckpt), "--opset", "16", "--out", str(tmp_path / "b.onnx")], "opset"),
         (["--ckpt", str(ckpt), "--out", str(tmp_path / "c.txt")], "must end with .onnx"),
         (["--ckpt", str(ckpt), "--export-size", "big", "--out", str(tmp_path / "d.onnx")], "--export-size"),
+        (["--ckpt", str(ckpt), "--score-threshold", "1.5", "--out", str(tmp_path / "f.onnx")], "score_threshold"),
+        (["--ckpt", str(ckpt), "--max-detections", "0", "--out", str(tmp_path / "g.onnx")], "max_detections"),
+        (["--ckpt", str(ckpt), "--stuff-area-limit", "-1", "--out", str(tmp_path / "h.onnx")], "stuff_area_limit"),
     ]
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00not a checkpoint")
@@ -159,5 +162,52 @@ def test_help_explains_every_option():
     proc = _run_script("--help")
     assert proc.returncode == 0
     for option in ("--ckpt", "--out", "--flavor", "--opset", "--export-size", "--simplify", "--verify",
-                   "--verify-images", "--verify-backend"):
+                   "--verify-images", "--verify-backend", "--score-threshold", "--max-detections",
+                   "--mask-threshold", "--mask-overlap-threshold", "--stuff-area-limit"):
         assert option in proc.stdout
+
+
+def test_deployment_settings_at_export(exported, synthetic_root, tmp_path):
+    """--score-threshold & co. are recorded in the metadata, reported by the runtime and followed
+    by the network and the fusion: the same detections and maps as the PyTorch model run with
+    those settings, and detections below the published 0.6 that the default export drops."""
+    from dataclasses import replace
+
+    from runtime.predictor import Predictor
+    from training.checkpoint import load_model
+
+    ckpt, paths = exported
+    out = tmp_path / "tuned.onnx"
+    proc = _run_script("--ckpt", str(ckpt), "--out", str(out), "--threads", "1", "--score-threshold", "0.3",
+                       "--max-detections", "120", "--mask-threshold", "0.4", "--mask-overlap-threshold", "0.8",
+                       "--stuff-area-limit", "50")
+    assert proc.returncode == 0, proc.stderr
+    assert "score_threshold 0.3, max_detections 120" in proc.stdout
+    wanted = {"score_threshold": 0.3, "max_detections": 120, "mask_threshold": 0.4, "mask_overlap_threshold": 0.8,
+              "stuff_area_limit": 50}
+    assert read_metadata(onnx.load(out)).deployment_settings() == wanted
+    tuned, default = Predictor(out, threads=1), Predictor(paths["ort"], threads=1)
+    assert tuned.settings == wanted
+    assert default.settings == {"score_threshold": 0.6, "max_detections": 100, "mask_threshold": 0.5,
+                                "mask_overlap_threshold": 0.5, "stuff_area_limit": 192}
+
+    # the PyTorch model with the same settings, configured independently of the exporter
+    model, loaded = load_model(ckpt)
+    cfg = loaded.config.model
+    cfg = replace(cfg, box_head=replace(cfg.box_head, score_threshold=0.3, max_detections=120),
+                  mask_head=replace(cfg.mask_head, mask_threshold=0.4),
+                  fusion=replace(cfg.fusion, mask_overlap_threshold=0.8, stuff_area_limit=50))
+    reference = build_model(cfg)
+    reference.load_state_dict(model.state_dict())
+    torch_predictor = PanopticPredictor(reference, cfg, loaded.categories)
+    images = _images(synthetic_root)
+    rows = compare(torch_predictor, _backend(out), images)
+    assert all(r.ok for r in rows), rows
+    below_default, counts = 0, []
+    for image in images:
+        t, d = tuned.predict_detailed([image])[0], default.predict_detailed([image])[0]
+        assert len(t.scores) <= 120 and len(d.scores) <= 100 and (t.scores > 0.3).all() and (d.scores > 0.6).all()
+        below_default += int((t.scores <= 0.6).sum())
+        counts.append((len(t.scores), len(d.scores)))
+    assert below_default > 0, counts  # the lower threshold lets through detections the default drops
+    assert max(t for t, _ in counts) > 100, counts  # more than the default maximum
