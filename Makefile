@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup reference demo test clean-demo
 
 setup: .setup.stamp
 .setup.stamp: pyproject.toml
@@ -13,12 +13,19 @@ setup: .setup.stamp
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps "tensorrt-stubs>=10.6"
 	@touch $@
 
+# The reference implementation (mmdetection 3.3.0 on mmcv-lite 2.1.0) in its own folder, .mmref/,
+# seen only by the reference process of tests/reference (never by the project's environment).
+reference: .mmref/.installed
+.mmref/.installed: tests/reference/reference_env.py
+	$(PYTHON) tests/reference/reference_env.py
+
 demo: setup
 	$(PYTHON) benchmarks/main_job.py
 	@echo "report: work_dirs/report/REPORT.md"
 
-test: setup
-	$(PYTHON) -m pytest -n 2 tests
+# loadgroup: the mmdetection parity tests share one worker (and its reference runs)
+test: setup reference
+	$(PYTHON) -m pytest -n 2 --dist loadgroup tests
 
 clean-demo:
 	rm -rf data/synthetic work_dirs/tiny work_dirs/r50 work_dirs/bench work_dirs/report

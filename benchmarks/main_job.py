@@ -28,6 +28,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.progress import LiveLine, format_duration, parse_progress_line  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -44,18 +46,40 @@ class Paths:
         self.report = base / "work_dirs" / "report"
 
 
-def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
+def run(cmd: list[str], log: Path, env: dict | None = None, *, live: str | None = None) -> None:
+    """Run a step's command with its output appended to ``log``; with ``live``, the command's
+    ``[progress]`` lines (training/progress.py) become one live console line named ``live``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("  $ " + " ".join(str(c) for c in cmd), flush=True)
+    line = LiveLine(live) if live else None
     with open(log, "a") as f:
         f.write("$ " + " ".join(str(c) for c in cmd) + "\n")
         f.flush()
-        proc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                              env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})}, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            f.write(text)
+            parsed = parse_progress_line(text) if line else None
+            if parsed:
+                line.update(*parsed)
+        returncode = proc.wait()
+    if line:
+        line.close()
+    if returncode != 0:
         tail = log.read_text().strip().splitlines()[-15:]
-        raise SystemExit(f"step failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n  " + "\n  ".join(tail)
+        raise SystemExit(f"step failed (exit {returncode}): {' '.join(map(str, cmd))}\n  " + "\n  ".join(tail)
                          + f"\n(full log: {log})")
+
+
+# Seconds each step took in the measured full run (README) and in a --quick run, for the
+# remaining-time estimate until this machine has timings of its own (work_dirs/report/step_seconds.json).
+EXPECTED_SECONDS = {
+    False: {"data": 12, "train": 698, "evaluate": 11, "export": 20, "predict": 1, "r50": 6, "fps": 208, "pq": 24,
+            "report": 5},
+    True: {"data": 2, "train": 40, "evaluate": 3, "export": 25, "predict": 2, "r50": 6, "fps": 60, "pq": 10,
+           "report": 5},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,18 +95,29 @@ def main(argv: list[str] | None = None) -> int:
     log = paths.report / "logs"
     timings: dict[str, float] = {}
     t_job = time.time()
+    timings_file = paths.report / "step_seconds.json"
+    measured = json.loads(timings_file.read_text()) if timings_file.exists() and not q else {}
+    expected = {**EXPECTED_SECONDS[q], **{k: v for k, v in measured.items() if k in steps}}
+    settled: set[str] = set()  # steps finished or skipped in this run
+
+    def remaining_estimate() -> str:
+        left = sum(expected[s] for s in steps if s not in settled)
+        return (f"{len(settled)}/{len(steps)} steps, {format_duration(time.time() - t_job)} elapsed, "
+                f"about {format_duration(left)} to go")
 
     def step(name: str, done: Path) -> bool:
         if done.exists() and name not in args.force:
+            settled.add(name)
             print(f"[{name}] done already ({done})", flush=True)
             return False
-        print(f"[{name}] ...", flush=True)
+        print(f"[{name}] ... (main job: {remaining_estimate()})", flush=True)
         return True
 
     def timed(name: str, fn) -> None:
         t0 = time.time()
         fn()
         timings[name] = time.time() - t0
+        settled.add(name)
         print(f"[{name}] finished in {timings[name]:.0f} s", flush=True)
 
     if step("data", paths.data / "annotations" / "panoptic_val2017.json"):
@@ -95,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--max-iters", "20", "--epochs", "1", "--batch-size", "4"] if q else []
         cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "training/train.py", "--config",
                "tiny_synthetic", "--data-root", paths.data, "--work-dir", paths.tiny, "--threads", "1",
-               "--no-progress", "--log-every", "25", *extra, *resume]
-        timed("train", lambda: run(cmd, log / "train.log", env={"OMP_NUM_THREADS": "1"}))
+               "--progress-lines", "--log-every", "25", *extra, *resume]
+        timed("train", lambda: run(cmd, log / "train.log", env={"OMP_NUM_THREADS": "1"}, live="train"))
         if q and not paths.ckpt.exists():  # --max-iters stops before the schedule ends
             (paths.tiny / "latest.pt").replace(paths.ckpt)
 
@@ -145,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         timed("pq", lambda: run([PY, "benchmarks/pq_parity.py", "--ckpt", paths.ckpt, "--data-root", paths.data,
                                  "--out", paths.bench / "tiny", "--workdir", paths.deploy], log / "pq.log"))
 
-    timings_file = paths.report / "step_seconds.json"
     previous = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     previous.update(timings)
     paths.report.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (cv2.IMREAD_COLOR), refusing corrupt or
     truncated files instead of returning half-decoded pixels."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file; pass the image files in it "
+                         "(runtime/predict.py takes folders and lists their images itself)")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     data = path.read_bytes()

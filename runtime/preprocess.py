@@ -7,11 +7,17 @@ import numpy as np
 
 def rescale_size(width: int, height: int, max_long_side: int, max_short_side: int) -> tuple[int, int, float]:
     """SPEC: scale = min(max_long / long side, max_short / short side);
-    new size = (int(w * scale + 0.5), int(h * scale + 0.5)). -> (new_w, new_h, scale)."""
+    new size = (int(w * scale + 0.5), int(h * scale + 0.5)), but at least 1 pixel per side.
+    -> (new_w, new_h, scale).
+
+    Departure from the reference, for extreme aspect ratios only: for a 1x5000 image SPEC's rule
+    gives 1333x0 and mmdetection (mmcv.imrescale) fails inside cv2.resize; we keep one row
+    (1333x1) so that such images run. Every size the reference can process is unchanged.
+    """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     scale = min(max_long_side / max(height, width), max_short_side / min(height, width))
-    return int(width * float(scale) + 0.5), int(height * float(scale) + 0.5), scale
+    return max(1, int(width * float(scale) + 0.5)), max(1, int(height * float(scale) + 0.5)), scale
 
 
 def resize_image(image: np.ndarray, max_long_side: int, max_short_side: int) -> tuple[np.ndarray, tuple[float, float]]:

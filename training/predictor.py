@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from runtime.images import load_image
 from runtime.panoptic_io import CategoryTable
 from runtime.preprocess import resize_image
 from runtime.result import PanopticResult, panoptic_result_from_label_map
@@ -41,15 +42,9 @@ class PreparedBatch:
 
 
 def load_bgr(image: np.ndarray | str | os.PathLike) -> np.ndarray:
-    if isinstance(image, (str, os.PathLike)):
-        arr = cv2.imread(str(image), cv2.IMREAD_COLOR)
-        if arr is None:
-            raise ValueError(f"cannot read image {image}")
-        return arr
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"expected a non-empty (H, W, 3) uint8 BGR image, got {arr.dtype} array of shape {arr.shape}")
-    return arr
+    """An image path or (H, W, 3) uint8 BGR array -> the array, checked; the runtime's own reader
+    (``runtime.images.load_image``), so both predictors accept and refuse the same inputs."""
+    return load_image(image)
 
 
 class PanopticPredictor:

@@ -33,6 +33,7 @@ from training.data.coco_panoptic import CocoPanopticDataset
 from training.data.collate import collate_train
 from training.data.transforms import TrainTransform
 from training.model.panoptic_fpn import PanopticFPN, build_model
+from training.progress import progress_line
 from training.schedule import learning_rate
 
 
@@ -104,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (DDP uses cuda:LOCAL_RANK)")
     p.add_argument("--log-every", type=int, default=10, help="log losses every N iterations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--progress-lines", action="store_true",
+                   help="print a '[progress] it/total loss=...' line every iteration (what benchmarks/main_job.py "
+                        "shows live; implies --no-progress)")
     return p.parse_args(argv)
 
 
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training {args.config if resume_ckpt is None else 'resumed'}: {len(dataset)} images, "
               f"{iters_per_epoch} it/epoch, iterations {start_iter}..{stop_iter} of {total_iters}, "
               f"{dist_info.world_size} process(es) x {threads} thread(s)", flush=True)
-    bar = tqdm(total=stop_iter, initial=start_iter, disable=not dist_info.is_main or args.no_progress,
+    bar = tqdm(total=stop_iter, initial=start_iter,
+               disable=not dist_info.is_main or args.no_progress or args.progress_lines,
                dynamic_ncols=True, desc="train")
 
     def save(name: str, iteration: int) -> None:
@@ -221,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.4f}")
-                if args.no_progress:
+                if args.no_progress or args.progress_lines:
                     print(json.dumps(record), flush=True)
         bar.update(1)
+        if args.progress_lines and dist_info.is_main:
+            print(progress_line(done, stop_iter, loss=float(loss.detach())), flush=True)
         if done % args.checkpoint_every == 0 and done < stop_iter:
             save("latest.pt", done)
     bar.close()

@@ -103,6 +103,33 @@ def test_bad_images(tiny_onnx):
         pred.predict(np.zeros((20, 20, 3), np.float64))
 
 
+def test_directory_is_not_an_image(tiny_checkpoint, tiny_onnx, tmp_path):
+    from runtime.images import ImageError
+
+    for predictor in (Predictor(tiny_onnx, threads=1), PanopticPredictor.from_checkpoint(tiny_checkpoint)):
+        with pytest.raises(ImageError, match="is a directory, not an image file"):
+            predictor.predict(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1), (2, 3000)])
+def test_extreme_aspect_ratios_run(tiny_checkpoint, tiny_onnx, shape):
+    """SPEC's resize would give a zero-pixel side (mmdetection fails in cv2.resize there); both
+    predictors keep at least one pixel per side and return a map of the original size, the same."""
+    from runtime.preprocess import rescale_size
+
+    h, w = shape
+    new_w, new_h, _ = rescale_size(w, h, 256, 192)
+    # hand-computed: scale = min(256 / 5000, 192 / 1) = 0.0512 -> 256 x 1 (int(0.0512 + 0.5) = 0 -> 1)
+    assert min(new_w, new_h) >= 1 and max(new_w, new_h) == 256
+    rng = np.random.default_rng(h)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ours = Predictor(tiny_onnx, threads=1).predict_detailed([image])[0]
+    torch_map = PanopticPredictor.from_checkpoint(tiny_checkpoint).predict_label_maps([image])[0].label_map.numpy()
+    assert ours.label_map.shape == torch_map.shape == shape
+    assert np.array_equal(ours.label_map, torch_map)
+    assert ours.result.id_map.shape == shape
+
+
 def test_metadata_exposed(tiny_onnx):
     pred = Predictor(tiny_onnx)
     assert pred.metadata.flavor == "ort" and pred.metadata.max_long_side == 256
