@@ -5,7 +5,7 @@ and imports nothing from this project: it builds the published model with mmdete
 registry and ``init_weights``, and predicts with mmdetection's own test pipeline, data
 pre-processor, heads and fusion. The two compiled operators come from ``mmcv_ext_standin``.
 
-    python tests/reference/run_mmdet.py init --out r50.pth --seed 0 --cls-scale 40
+    python tests/reference/run_mmdet.py init --out r50.pth --seed 0 --cls-scale 40 --semantic-bias-std 1
     python tests/reference/run_mmdet.py predict --ckpt r50.pth --score-thr 0.6 --images a.jpg b.png --out maps.npz
 
 ``predict`` writes one int64 (H, W) panoptic id map per image (key = the image's position),
@@ -52,9 +52,12 @@ def build(cfg):
     return MODELS.build(cfg.model)
 
 
-def init_checkpoint(*, out: str, config_path: str | None, seed: int, cls_scale: float, rpn_scale: float) -> None:
+def init_checkpoint(*, out: str, config_path: str | None, seed: int, cls_scale: float, rpn_scale: float,
+                    semantic_bias_std: float) -> None:
     """mmdetection's own initialisation, seeded; the classifier (and RPN objectness) weights
-    multiplied so that scores spread instead of all sitting at 1 / (classes + 1)."""
+    multiplied so that scores spread instead of all sitting at 1 / (classes + 1), and the
+    semantic logits given random per-class biases (N(0, semantic_bias_std)) so that flat image
+    regions have a clear class instead of 54 logits within 1e-6 of each other."""
     import torch
 
     cfg = load_config(config_path)
@@ -64,8 +67,11 @@ def init_checkpoint(*, out: str, config_path: str | None, seed: int, cls_scale: 
     with torch.no_grad():
         model.roi_head.bbox_head.fc_cls.weight.mul_(cls_scale)
         model.rpn_head.rpn_cls.weight.mul_(rpn_scale)
+        bias = model.semantic_head.conv_logits.bias
+        bias.add_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(seed)) * semantic_bias_std)
     torch.save({"state_dict": model.state_dict(), "meta": {"init": f"mmdet init_weights, seed {seed}, "
-                                                                   f"fc_cls x{cls_scale}, rpn_cls x{rpn_scale}"}}, out)
+                                                                   f"fc_cls x{cls_scale}, rpn_cls x{rpn_scale}, "
+                                                                   f"semantic bias std {semantic_bias_std}"}}, out)
 
 
 def predict(*, ckpt: str, config_path: str | None, score_thr: float | None, images: list[str], out: str) -> None:
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--cls-scale", type=float, default=1.0)
     i.add_argument("--rpn-scale", type=float, default=1.0)
+    i.add_argument("--semantic-bias-std", type=float, default=0.0)
     r = sub.add_parser("predict", help="panoptic id maps of images")
     r.add_argument("--ckpt", required=True)
     r.add_argument("--config", default=None)
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     MMLogger.get_instance("mmengine", log_level="ERROR")
     if args.command == "init":
         init_checkpoint(out=args.out, config_path=args.config, seed=args.seed, cls_scale=args.cls_scale,
-                        rpn_scale=args.rpn_scale)
+                        rpn_scale=args.rpn_scale, semantic_bias_std=args.semantic_bias_std)
     else:
         predict(ckpt=args.ckpt, config_path=args.config, score_thr=args.score_thr, images=args.images, out=args.out)
     return 0

