@@ -26,6 +26,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.progress import progress_line  # noqa: E402
+
 DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
 DEFAULT_IMAGES = Path("data/synthetic/val2017")
 
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     calib_paths = _save_calibration(calib, calib_dir)
 
     rows = []
-    for name in backends:
+    for done, name in enumerate(backends):
+        print(progress_line(done, len(backends), next=name), flush=True)
         print(f"[{name}] preparing ...", flush=True)
         target = make_target(name, ckpt=ckpt, workdir=workdir, threads=args.threads, calib_images=calib_paths,
                              calib_dir=calib_dir)
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             row = FpsRow(name, "failed", f"{type(e).__name__}: {e}", file_mb=target.file_size_mb)
         rows.append(row)
         print(f"[{name}] {row.status} {'' if row.median_ms is None else f'{row.median_ms:.1f} ms'}", flush=True)
+    print(progress_line(len(backends), len(backends)), flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

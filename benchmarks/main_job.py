@@ -72,12 +72,13 @@ def run(cmd: list[str], log: Path, env: dict | None = None, *, live: str | None 
                          + f"\n(full log: {log})")
 
 
-# Seconds each step took in the measured full run (README) and in a --quick run, for the
-# remaining-time estimate until this machine has timings of its own (work_dirs/report/step_seconds.json).
+# Seconds each step took in the measured full run (README) and in a --quick run (2026-12-01, this
+# 2-core machine), for the remaining-time estimate until this machine has timings of its own
+# (work_dirs/report/step_seconds.json, full runs only).
 EXPECTED_SECONDS = {
     False: {"data": 12, "train": 698, "evaluate": 11, "export": 20, "predict": 1, "r50": 6, "fps": 208, "pq": 24,
             "report": 5},
-    True: {"data": 2, "train": 40, "evaluate": 3, "export": 25, "predict": 2, "r50": 6, "fps": 60, "pq": 10,
+    True: {"data": 1, "train": 12, "evaluate": 5, "export": 15, "predict": 1, "r50": 5, "fps": 147, "pq": 10,
            "report": 5},
 }
 
@@ -170,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         def fps() -> None:
             run([PY, "benchmarks/fps.py", "--ckpt", paths.ckpt, "--images", paths.data / "val2017", "--count",
                  "2" if q else "8", "--runs", "1" if q else "3", "--out", paths.bench / "tiny", "--workdir",
-                 paths.deploy], log / "fps.log")
+                 paths.deploy], log / "fps.log", live="fps small")
             run([PY, "benchmarks/fps.py", "--ckpt", paths.r50, "--size", "480x800", "--count", "1" if q else "2",
                  "--runs", "1" if q else "3", "--calib-count", "4" if q else "8", "--out", paths.bench / "r50",
-                 "--workdir", paths.r50.parent / "deploy"], log / "fps.log")
+                 "--workdir", paths.r50.parent / "deploy"], log / "fps.log", live="fps R-50")
         timed("fps", fps)
 
     if step("pq", paths.bench / "tiny" / "pq_parity.json"):

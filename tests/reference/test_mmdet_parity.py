@@ -42,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 RUN_MMDET = HERE / "run_mmdet.py"
 MIN_IDENTICAL = 0.99999
 R50_CLS_SCALE = 40.0  # fc_cls weights x40: softmax scores spread up to ~0.8 on the photographs
+# (rpn_cls is left as initialised: its bias is 0, so scaling its weights would not change the
+# order of the sigmoid scores, which is all that proposal selection uses)
 R50_THRESHOLDS = {"published": 0.6, "low": 0.4}
 INSTANCE_OFFSET = 1000
 
@@ -303,21 +305,57 @@ def test_r50_pytorch_matches_mmdetection(r50, level):
     assert max(instances) >= (10 if level == "published" else 30), instances  # the fusion was exercised
 
 
-RUNTIME_LOW_THRESHOLD_GAP = (
-    "known gap (issue 9, open): at score threshold 0.4 the ONNX Runtime graph misses parity on 2 of 5 images: "
-    "on the flat image ONNX Runtime's TopK / NonMaxSuppression order exactly equal RPN scores differently from "
-    "the reference's unstable sort (5,608 px, the same pixels the stable-sort mutant changes), and on astronaut "
-    "its float32 scores change which candidate is the 100th detection (one 68-px instance)")
+R50_IMAGES = ("astronaut.png", "coffee.png", "chelsea.png", "flat_333x517.png", "coffee_800x1333.png")
+TIE_ORDER_GAP = ("known gap: the ort flavor's TopK / NonMaxSuppression (standard ONNX, run by ONNX Runtime) put "
+                 "exactly equal RPN scores in index order, the reference's unstable sort does not; on this flat "
+                 "image that changes which proposals survive at the low threshold "
+                 "(test_r50_runtime_tie_order_is_the_stable_one shows it is the whole difference)")
+PROPOSAL_GAP = ("known gap: at the low threshold one detection of the reference and of our PyTorch model "
+                "(score 0.4824) is missing under ONNX Runtime, with no higher runtime detection overlapping it by "
+                "IoU > 0.5, so (inferred) its proposal is not among the graph's 1000 RPN proposals under ONNX "
+                "Runtime's float32 rounding; a neighbouring box (IoU 0.78) takes its place: one 68-pixel instance, "
+                "99.974% of pixels agree")
+KNOWN_GAPS = {("low", "flat_333x517.png"): TIE_ORDER_GAP, ("low", "astronaut.png"): PROPOSAL_GAP}
+RUNTIME_CASES = [pytest.param(level, image, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[level, image])]
+                              if (level, image) in KNOWN_GAPS else [])
+                 for level in R50_THRESHOLDS for image in R50_IMAGES]
 
 
-@pytest.mark.parametrize("level", [pytest.param("published"), pytest.param(
-    "low", marks=pytest.mark.xfail(strict=True, reason=RUNTIME_LOW_THRESHOLD_GAP))])
-def test_r50_runtime_matches_mmdetection(r50, level):
-    refs = r50_reference(r50, level)
-    onnx_path = export_ort(r50["ckpt"], r50["tmp"] / f"r50_{level}.onnx", R50_THRESHOLDS[level])
-    rows = runtime_rows(f"R-50 mmdet init, score > {R50_THRESHOLDS[level]}, runtime (ONNX Runtime)", onnx_path,
-                        r50_predictor(r50, level), r50["images"], refs)
-    assert_parity(rows)
+def r50_runtime(r50, level: str) -> Predictor:
+    key = f"runtime_{level}"
+    if key not in r50:
+        onnx_path = export_ort(r50["ckpt"], r50["tmp"] / f"r50_{level}.onnx", R50_THRESHOLDS[level])
+        r50[key] = Predictor(onnx_path, threads=1)
+    return r50[key]
+
+
+@pytest.mark.parametrize("level,image", RUNTIME_CASES)
+def test_r50_runtime_matches_mmdetection(r50, level, image):
+    k = R50_IMAGES.index(image)
+    path, ref = r50["images"][k], r50_reference(r50, level)[k]
+    assert path.name == image
+    ours = r50_runtime(r50, level).predict_detailed([path])[0].label_map
+    case = f"R-50 mmdet init, score > {R50_THRESHOLDS[level]}, runtime (ONNX Runtime)"
+    assert_parity([compare_maps(case, path, ours, ref, r50_predictor(r50, level))])
+
+
+def test_r50_runtime_tie_order_is_the_stable_one(r50, monkeypatch):
+    """Where the runtime departs from the reference on the flat image, it is exactly our model
+    run with a stable tie order (what ONNX Runtime's TopK and NonMaxSuppression do)."""
+    import training.model.box_ops as box_ops
+    import training.model.rpn as rpn
+
+    flat = r50["images"][R50_IMAGES.index("flat_333x517.png")]
+    runtime_map = r50_runtime(r50, "low").predict_detailed([flat])[0].label_map
+    monkeypatch.setattr(box_ops, "descending_order", stable_descending_order)
+    monkeypatch.setattr(rpn, "descending_order", stable_descending_order)
+    stable_map = r50_predictor(r50, "low").predict_label_maps([flat])[0].label_map.numpy()
+    differing = int((runtime_map != stable_map).sum())
+    assert differing <= (1 - MIN_IDENTICAL) * stable_map.size, differing
+
+
+def stable_descending_order(scores):
+    return scores.sort(descending=True, stable=True)[1]
 
 
 def test_r50_stable_sort_breaks_parity(r50, monkeypatch):
@@ -325,9 +363,6 @@ def test_r50_stable_sort_breaks_parity(r50, monkeypatch):
     flat image (at score threshold 0.3) no longer matches, so the parity above can fail."""
     import training.model.box_ops as box_ops
     import training.model.rpn as rpn
-
-    def stable_descending_order(scores):
-        return scores.sort(descending=True, stable=True)[1]
 
     flat = r50["tmp"] / "flat_333x517.png"
     ref = reference_maps(r50["site"], r50["ckpt"], [flat], r50["tmp"] / "ref_flat_0.3.npz", score_thr=0.3)[0]
