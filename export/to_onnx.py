@@ -76,10 +76,10 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     from export.graph import ExportablePanopticFPN
     from export.metadata import build_metadata, write_metadata
     from plugins.torch_ops import export_flavor
-    from runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
+    from runtime.contract import DEPLOYMENT_SETTINGS, DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
     from runtime.panoptic_io import CategoryTable, atomic_output
     from training.checkpoint import load_model
-    from training.config import DEPLOYMENT_SETTINGS, deployment_settings, with_deployment_settings
+    from training.config import deployment_settings, with_deployment_settings
     from training.model.panoptic_fpn import build_model
 
     if args.opset < MIN_OPSET:

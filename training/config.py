@@ -10,8 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from runtime.contract import DEPLOYMENT_SETTINGS  # noqa: F401  (re-exported for export/)
-
 
 @dataclass(frozen=True)
 class BackboneConfig:
