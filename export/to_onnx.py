@@ -76,7 +76,8 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     from export.graph import ExportablePanopticFPN
     from export.metadata import build_metadata, write_metadata
     from plugins.torch_ops import export_flavor
-    from runtime.contract import DEPLOYMENT_SETTINGS, DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES
+    from runtime.contract import (DEPLOYMENT_SETTINGS, DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES,
+                                  format_deployment_settings)
     from runtime.panoptic_io import CategoryTable, atomic_output
     from training.checkpoint import load_model
     from training.config import deployment_settings, with_deployment_settings
@@ -132,9 +133,8 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
                                              source=f"{ckpt_path.name} ({ckpt.source})"))
         onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
-    settings = ", ".join(f"{k} {v:g}" for k, v in deployment_settings(config).items())
     print(f"exported {out} ({args.flavor}, opset {args.opset}, {out.stat().st_size / 1e6:.1f} MB) "
-          f"in {time.time() - t0:.1f} s; {settings}")
+          f"in {time.time() - t0:.1f} s; {format_deployment_settings(deployment_settings(config))}")
     return out, model, ckpt
 
 

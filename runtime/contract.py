@@ -68,6 +68,11 @@ DEPLOYMENT_SETTINGS = ("score_threshold", "max_detections", "mask_threshold", "m
                        "stuff_area_limit")
 
 
+def format_deployment_settings(settings: Mapping[str, float | int]) -> str:
+    """``{"score_threshold": 0.3, ...}`` -> ``"score_threshold 0.3, ..."`` (one console line)."""
+    return ", ".join(f"{name} {value:g}" for name, value in settings.items())
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What an exported file says about itself (ONNX ``metadata_props``, values are strings;

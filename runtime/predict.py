@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from runtime.backends import ModelError
+    from runtime.contract import format_deployment_settings
     from runtime.images import ImageError, read_image
     from runtime.predictor import Predictor
     from runtime.writers import save_overlay, write_coco_panoptic
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ModelError, ImportError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    settings = ", ".join(f"{k} {v:g}" for k, v in predictor.settings.items())
-    print(f"model {args.model} ({predictor.backend.name}): {settings}", flush=True)
+    print(f"model {args.model} ({predictor.backend.name}): {format_deployment_settings(predictor.settings)}",
+          flush=True)
     out = Path(args.out)
     results, failed = [], 0
     t0 = time.perf_counter()
