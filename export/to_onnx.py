@@ -81,7 +81,7 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     from runtime.panoptic_io import CategoryTable, atomic_output
     from training.checkpoint import load_model
     from training.config import deployment_settings, with_deployment_settings
-    from training.model.panoptic_fpn import build_model
+    from training.model.panoptic_fpn import rebuild_with_config
 
     if args.opset < MIN_OPSET:
         raise ExportError(f"--opset {args.opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
@@ -98,9 +98,7 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     if config != ckpt.config.model:
         # the PyTorch model (traced, and compared with by --verify) follows the same settings
         ckpt = replace(ckpt, config=replace(ckpt.config, model=config))
-        tuned = build_model(config)
-        tuned.load_state_dict(model.state_dict())
-        model = tuned.eval()
+        model = rebuild_with_config(model, config)
     out = Path(args.out) if args.out else ckpt_path.with_name(f"{ckpt_path.stem}_{args.flavor}.onnx")
     if out.suffix != ".onnx":
         raise ExportError(f"--out must end with .onnx, got {out}")

@@ -36,6 +36,7 @@ from tests.reference.reference_env import ensure_installed, photograph, referenc
 from training.checkpoint import load_model, save_mmdet_checkpoint
 from training.config import ModelConfig
 from training.data.coco_panoptic import CocoPanopticDataset
+from training.model.panoptic_fpn import rebuild_with_config
 from training.predictor import PanopticPredictor, load_bgr
 
 HERE = Path(__file__).resolve().parent
@@ -279,20 +280,11 @@ def r50_reference(r50, level: str) -> list[np.ndarray]:
     return r50["maps"][level]
 
 
-def with_config(model, config: ModelConfig):
-    """The same weights in a model built with ``config`` (other inference thresholds)."""
-    from training.model.panoptic_fpn import build_model
-
-    tuned = build_model(config)
-    tuned.load_state_dict(model.state_dict())
-    return tuned.eval()
-
-
 def r50_predictor(r50, level: str) -> PanopticPredictor:
     model, ckpt = load_model(r50["ckpt"])
     config = replace(ckpt.config.model, box_head=replace(ckpt.config.model.box_head,
                                                          score_threshold=R50_THRESHOLDS[level]))
-    return PanopticPredictor(with_config(model, config), config, ckpt.categories)
+    return PanopticPredictor(rebuild_with_config(model, config), config, ckpt.categories)
 
 
 @pytest.mark.parametrize("level", list(R50_THRESHOLDS))
@@ -341,14 +333,10 @@ def test_r50_runtime_tie_order_is_the_stable_one(r50, monkeypatch, level, image)
     float32 decision edges explained as in the parity tests: exact RPN
     score ties (flat regions, and translated copies of the same pattern, e.g. astronaut's black
     background) ordered by index instead of by the reference's unstable sort."""
-    import training.model.box_ops as box_ops
-    import training.model.rpn as rpn
-
     path = r50["images"][R50_IMAGES.index(image)]
     runtime_map = r50_runtime(r50, level).predict_detailed([path])[0].label_map
     assert (runtime_map != r50_reference(r50, level)[R50_IMAGES.index(image)]).any()  # the gap is there
-    monkeypatch.setattr(box_ops, "descending_order", stable_descending_order)
-    monkeypatch.setattr(rpn, "descending_order", stable_descending_order)
+    use_stable_tie_order(monkeypatch)
     predictor = r50_predictor(r50, level)
     stable_map = predictor.predict_label_maps([path])[0].label_map.numpy()
     # identical up to float32 decision edges (the flat image has one, also at the published threshold)
@@ -356,24 +344,29 @@ def test_r50_runtime_tie_order_is_the_stable_one(r50, monkeypatch, level, image)
     assert row.ok, row
 
 
-def stable_descending_order(scores):
-    return scores.sort(descending=True, stable=True)[1]
+def use_stable_tie_order(monkeypatch) -> None:
+    """Our model with a stable descending sort (ties in index order) instead of the reference's
+    unstable one, in the RPN top-k and every NMS."""
+    import training.model.box_ops as box_ops
+    import training.model.rpn as rpn
+
+    def stable_descending_order(scores):
+        return scores.sort(descending=True, stable=True)[1]
+
+    monkeypatch.setattr(box_ops, "descending_order", stable_descending_order)
+    monkeypatch.setattr(rpn, "descending_order", stable_descending_order)
 
 
 def test_r50_stable_sort_breaks_parity(r50, monkeypatch):
     """The tie-breaking matters: with a stable sort instead of the reference's unstable one, the
     flat image (at score threshold 0.3) no longer matches, so the parity above can fail."""
-    import training.model.box_ops as box_ops
-    import training.model.rpn as rpn
-
     flat = r50["tmp"] / "flat_333x517.png"
     ref = reference_maps(r50["site"], r50["ckpt"], [flat], r50["tmp"] / "ref_flat_0.3.npz", score_thr=0.3)[0]
     model, ckpt = load_model(r50["ckpt"])
     config = replace(ckpt.config.model, box_head=replace(ckpt.config.model.box_head, score_threshold=0.3))
-    predictor = PanopticPredictor(with_config(model, config), config, ckpt.categories)
+    predictor = PanopticPredictor(rebuild_with_config(model, config), config, ckpt.categories)
     assert np.array_equal(predictor.predict_label_maps([flat])[0].label_map.numpy(), ref)
-    monkeypatch.setattr(box_ops, "descending_order", stable_descending_order)
-    monkeypatch.setattr(rpn, "descending_order", stable_descending_order)
+    use_stable_tie_order(monkeypatch)
     ours = predictor.predict_label_maps([flat])[0].label_map.numpy()
     differing = int((ours != ref).sum())
     assert differing > (1 - MIN_IDENTICAL) * 100 * ours.size, differing  # far outside what parity allows
@@ -407,7 +400,7 @@ def test_small_config_matches_mmdetection(which, tiny_checkpoint, small_trained,
     ds = CocoPanopticDataset(synthetic_root, "val")
     images = [Path(ds.image_info(i)["image_path"]) for i in range(len(ds))]
     refs = reference_maps(reference_site, mmdet_ckpt, images, tmp_path / "ref.npz", config_file=cfg_file)
-    predictor = PanopticPredictor(with_config(model, config), config, ckpt.categories)
+    predictor = PanopticPredictor(rebuild_with_config(model, config), config, ckpt.categories)
     rows = pytorch_rows(f"small config {which}, PyTorch", predictor, images, refs)
     onnx_path = export_ort(source, tmp_path / "small.onnx", threshold)
     rows += runtime_rows(f"small config {which}, runtime (ONNX Runtime)", onnx_path, predictor, images, refs)

@@ -212,3 +212,11 @@ def build_model(config: ModelConfig) -> PanopticFPN:
                        num_stuff_classes=config.num_stuff_classes, rpn_config=config.rpn,
                        box_config=config.box_head, mask_config=config.mask_head,
                        semantic_config=config.semantic_head)
+
+
+def rebuild_with_config(model: PanopticFPN, config: ModelConfig) -> PanopticFPN:
+    """The same weights in a model built from ``config`` (e.g. other inference thresholds; the
+    architecture must be the same), in eval mode."""
+    rebuilt = build_model(config)
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt.to(next(model.parameters()).device).eval()
