@@ -154,7 +154,8 @@ class _Skip(Exception):
 def gpu_unavailable_reason() -> str | None:
     """None when TensorRT and a CUDA GPU are usable, else why not (one line)."""
     try:
-        from runtime.trt.runner import gpus, import_tensorrt
+        from runtime.cuda import gpus
+        from runtime.trt.runner import import_tensorrt
 
         import_tensorrt()
     except ImportError as e:
@@ -162,7 +163,7 @@ def gpu_unavailable_reason() -> str | None:
     try:
         if not gpus():
             return "no CUDA GPU found"
-    except Exception as e:  # CudaError: no driver
+    except RuntimeError as e:  # GpuUnavailableError / CudaError: no driver, no device
         return f"no usable CUDA GPU ({' '.join(str(e).split())[:160]})"
     return None
 

@@ -86,8 +86,12 @@ class ExportablePanopticFPN(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def preprocess(self, images: Tensor, image_sizes: Tensor) -> Tensor:
-        """uint8 BGR NHWC (zero-padded) -> normalised RGB NCHW, zero outside each image."""
-        x = images.permute(0, 3, 1, 2).float()[:, [2, 1, 0]]
+        """uint8 BGR NHWC (zero-padded) -> normalised RGB NCHW, zero outside each image.
+
+        The uint8 input goes straight into a Cast: TensorRT accepts a UINT8 network input only
+        when its one consumer is a Cast (NvInferRuntimeBase.h, DataType::kUINT8; checked by
+        runtime/trt/conformance.py). Casting before transposing gives the same values."""
+        x = images.float().permute(0, 3, 1, 2)[:, [2, 1, 0]]
         x = (x - self.mean) / self.std
         rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
         cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)

@@ -16,9 +16,10 @@ written for that contract:
 
 The kernels are plain Python functions wrapped on demand: :func:`interpreted` gives Triton
 interpreter versions (CPU, numpy; used by the tests with ``torch`` CPU tensors), and
-:func:`compile_kernel` compiles for a given SM with ``triton.compile`` (no GPU needed) and
-returns PTX whose two hidden Triton parameters (global / profile scratch pointers, unused by
-these kernels) are removed so that the parameter list is exactly what TensorRT passes.
+:func:`compile_kernel` compiles for a given SM with the project's one Triton-to-PTX compiler
+(``runtime/gpu/triton_aot.py``, no GPU needed) and returns PTX whose two hidden Triton parameters
+(global / profile scratch pointers, unused by these kernels) are removed so that the parameter
+list is exactly what TensorRT passes.
 
 Floating point: compiled with ``enable_fp_fusion=False`` and correctly rounded ``div_rn`` /
 ``sqrt_rn`` so that every value is the float32 value the numpy reference computes (the level
@@ -27,12 +28,12 @@ rule is written as comparisons against powers of two, the exact floor of log2).
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import triton
 import triton.language as tl
+
+from runtime.gpu.triton_aot import PtxKernel, compile_ptx
 
 # ----------------------------------------------------------------------------------------------
 # kernels (plain functions; see interpreted() / compile_kernel())
@@ -282,88 +283,13 @@ def interpreted(name: str) -> Any:
     return _interpreted[name]
 
 
-@dataclass(frozen=True)
-class CompiledKernel:
-    name: str  # the PTX entry name
-    ptx: str  # hidden scratch parameters removed: parameters are exactly TensorRT's arguments
-    target: str  # e.g. "sm_90a" (the PTX .target)
-    ptx_version: str  # e.g. "8.7" (the PTX ISA .version; the driver must support it)
-    num_warps: int
-    shared_mem: int
-    num_params: int
-
-
-DEFAULT_PTX_VERSION = 80  # PTX ISA 8.0: JIT-able by CUDA 12.0+ drivers (JetPack 6 on Orin included)
-
-
 def compile_kernel(name: str, arch: int, constexprs: dict[str, Any], *, num_warps: int | None = None,
-                   ptx_version: int = DEFAULT_PTX_VERSION) -> CompiledKernel:
-    """``triton.compile`` for SM ``arch`` (e.g. 87, 90) without a GPU; returns PTX ready for a
-    TensorRT AOT plugin: PTX ISA ``ptx_version`` (the driver JIT-compiles it when the engine is
-    built and loaded, so an old ISA keeps older drivers working), hidden parameters removed, debug
-    line info (which embeds local file paths) stripped."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
-
-    fn = JITFunction(_KERNELS[name])
-    signature: dict[str, str] = dict(SIGNATURES[name])
-    signature.update({key: "constexpr" for key in constexprs})
-    warps = NUM_WARPS[name] if num_warps is None else num_warps
-    src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs))
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": warps, "enable_fp_fusion": False, "ptx_version": ptx_version})
-    md = compiled.metadata
-    if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
-        raise RuntimeError(f"{name}: Triton asks for scratch memory ({md.global_scratch_size} / "
-                           f"{md.profile_scratch_size} bytes), which a TensorRT AOT plugin cannot provide")
-    visible = len(SIGNATURES[name])
-    ptx = strip_line_info(strip_hidden_params(compiled.asm["ptx"], md.name, visible))
-    return CompiledKernel(name=md.name, ptx=ptx, target=ptx_target(ptx), ptx_version=ptx_isa_version(ptx),
-                          num_warps=md.num_warps, shared_mem=md.shared, num_params=visible)
-
-
-_ENTRY = re.compile(r"\.entry\s+(?P<name>[A-Za-z_$][\w$]*)\s*\((?P<params>[^)]*)\)", re.S)
-
-
-def ptx_params(ptx: str, entry: str) -> list[str]:
-    """Parameter names of a PTX entry, in order."""
-    for m in _ENTRY.finditer(ptx):
-        if m.group("name") == entry:
-            return [p.strip().split()[-1] for p in m.group("params").split(",") if p.strip()]
-    raise ValueError(f"no .entry {entry} in the PTX")
-
-
-def strip_hidden_params(ptx: str, entry: str, num_visible: int) -> str:
-    """Remove the parameters after the first ``num_visible`` (Triton appends a global-scratch and a
-    profile-scratch pointer that TensorRT does not pass); refuses if the body uses them."""
-    for m in _ENTRY.finditer(ptx):
-        if m.group("name") != entry:
-            continue
-        params = [p for p in m.group("params").split(",") if p.strip()]
-        if len(params) < num_visible:
-            raise ValueError(f"{entry} has {len(params)} parameters, fewer than the {num_visible} expected")
-        hidden = [p.strip().split()[-1] for p in params[num_visible:]]
-        body = ptx[m.end():]
-        used = [h for h in hidden if re.search(rf"\[{re.escape(h)}\]", body)]
-        if used:
-            raise ValueError(f"{entry}: hidden parameters {used} are used by the kernel; cannot drop them")
-        new_params = ",".join(params[:num_visible]).rstrip()
-        return ptx[:m.start("params")] + new_params + "\n" + ptx[m.end("params"):]
-    raise ValueError(f"no .entry {entry} in the PTX")
-
-
-def strip_line_info(ptx: str) -> str:
-    """Drop ``.file`` / ``.loc`` directives (source paths and lines; no effect on the code)."""
-    ptx = re.sub(r"^[ \t]*\.file[ \t]+\d+[ \t]+\".*$\n?", "", ptx, flags=re.M)
-    return re.sub(r"^[ \t]*\.loc[ \t].*$\n?", "", ptx, flags=re.M)
-
-
-def ptx_target(ptx: str) -> str:
-    m = re.search(r"^\s*\.target\s+(\S+)", ptx, re.M)
-    return m.group(1).rstrip(",") if m else ""
-
-
-def ptx_isa_version(ptx: str) -> str:
-    m = re.search(r"^\s*\.version\s+(\S+)", ptx, re.M)
-    return m.group(1) if m else ""
+                   ptx_isa: int | None = None) -> PtxKernel:
+    """PTX for a TensorRT AOT plugin, for SM ``arch`` (e.g. 87, 90), without a GPU: the project's
+    one Triton-to-PTX compiler (``runtime/gpu/triton_aot.py``: ISA raised to what the target needs,
+    plain ``sm_XX`` target, no fp contraction, IEEE subnormals, no line info) with Triton's hidden
+    scratch parameters removed, so that the parameters are exactly the arguments TensorRT passes.
+    The driver JIT-compiles the PTX when the engine is built and loaded."""
+    return compile_ptx(_KERNELS[name], signature=SIGNATURES[name], constexprs=constexprs, arch=arch,
+                       num_warps=NUM_WARPS[name] if num_warps is None else num_warps, ptx_isa=ptx_isa,
+                       hidden_params="strip")

@@ -106,18 +106,26 @@ def nms_output_dtypes(input_dtypes: Sequence[str]) -> Tuple[str, str]:
 
 
 def plugin_target_sm(env: Optional[Dict[str, str]] = None, gpu_sm: Optional[int] = None) -> int:
-    """The SM the kernels are compiled for: ``$PFPN_PLUGIN_SM`` if set (e.g. "87"), else the GPU's."""
+    """The SM the kernels are compiled for: ``$PFPN_PLUGIN_SM`` if set (e.g. "87"), else the GPU's,
+    mapped to the highest target the compiler knows that the GPU runs (sm_103 -> sm_100)."""
+    from runtime.gpu.triton_aot import PtxError, nearest_target
+
     env = dict(os.environ) if env is None else env
     if env.get(SM_ENV):
         try:
-            return int(env[SM_ENV].lower().replace("sm_", "").rstrip("a"))
+            sm = int(env[SM_ENV].lower().replace("sm_", "").rstrip("af"))
         except ValueError:
             raise PluginShapeError(f"{SM_ENV}={env[SM_ENV]!r} is not an SM number like 87 or 90") from None
-    if gpu_sm is None:
-        from runtime.trt.runner import gpus
+    else:
+        if gpu_sm is None:
+            from runtime.cuda import gpus
 
-        gpu_sm = gpus()[0].sm
-    return int(gpu_sm)
+            gpu_sm = gpus()[0].sm
+        sm = int(gpu_sm)
+    try:
+        return nearest_target(sm)
+    except PtxError as e:
+        raise PluginShapeError(str(e)) from None
 
 
 # kernels compiled by aot_impl during a build, for the engine sidecar: plugin id -> details
@@ -125,9 +133,9 @@ COMPILED: Dict[str, Dict[str, Any]] = {}
 
 
 def _record(plugin_id: str, kernel: Any, sm: int) -> None:
-    COMPILED[plugin_id] = {"kernel": kernel.name, "sm": sm, "ptx_target": kernel.target,
-                           "ptx_isa_version": kernel.ptx_version, "num_warps": kernel.num_warps,
-                           "shared_mem": kernel.shared_mem}
+    COMPILED[plugin_id] = {"kernel": kernel.entry, "sm": sm, "ptx_target": kernel.target,
+                           "ptx_isa_version": kernel.ptx_isa, "num_warps": kernel.num_warps,
+                           "shared_mem": kernel.shared}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,12 +195,12 @@ def register_plugins() -> List[str]:
         launch = trtp.KernelLaunchParams()
         launch.grid_x = k * (output_height * output_width) + 1  # tk.roi_align_grid: never an empty grid
         launch.block_x = kernel.num_warps * 32
-        launch.shared_mem = kernel.shared_mem
+        launch.shared_mem = kernel.shared
         scalars = [k, p2.shape_expr[1]]
         for f in (p2, p3, p4, p5):
             scalars += [f.shape_expr[2], f.shape_expr[3]]
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in scalars])
-        return kernel.name, kernel.ptx, launch, extra
+        return kernel.entry, kernel.ptx, launch, extra
 
     # --- BatchedNMS -----------------------------------------------------------------------------
     @trtp.register(NMS_ID)
@@ -214,9 +222,9 @@ def register_plugins() -> List[str]:
         launch = trtp.KernelLaunchParams()
         launch.grid_x = scores.shape_expr[0]  # one program per image (the profile's min batch is >= 1)
         launch.block_x = kernel.num_warps * 32
-        launch.shared_mem = kernel.shared_mem
+        launch.shared_mem = kernel.shared
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(scores.shape_expr[0]), trtp.SymInt32(scores.shape_expr[1])])
-        return kernel.name, kernel.ptx, launch, extra
+        return kernel.entry, kernel.ptx, launch, extra
 
     _registered = True
     return list(PLUGIN_IDS)

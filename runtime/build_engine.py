@@ -5,7 +5,8 @@
     python runtime/build_engine.py --onnx model_ort.onnx --min-shape 1x320x320 --opt-shape 2x800x1344 \\
         --max-shape 4x1344x1344 --timing-cache trt.cache --out model.engine
 
-Writes ``M.engine`` (a plain TensorRT plan; trtexec loads it) and ``M.engine.json`` (its sidecar:
+Writes ``M.engine`` (default ``<onnx stem>_<precision>.engine`` beside the ONNX, e.g.
+``model_trt_fp16.engine``; a plain TensorRT plan, trtexec loads it) and ``M.engine.json`` (its sidecar:
 model metadata, TensorRT version, precision, profile, GPU, plugins; runtime/trt/engine_file.py).
 The runtime refuses an engine built by another TensorRT version or for another GPU architecture
 with a message saying so. Nothing is written unless the build succeeds.
@@ -94,8 +95,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "config)")
     p.add_argument("--timing-cache", metavar="FILE",
                    help="TensorRT timing cache: loaded if present, updated after the build (faster rebuilds)")
-    p.add_argument("--out", metavar="M.engine", help="engine path (default: the ONNX path with .engine); the "
-                   "sidecar is <out>.json")
+    p.add_argument("--out", metavar="M.engine", help="engine path (default: <onnx stem>_<precision>.engine "
+                   "beside the ONNX, e.g. model_trt_fp16.engine); the sidecar is <out>.json")
     p.add_argument("--trt-api", choices=["auto", "10", "11"], default="auto",
                    help="10: weakly typed (builder precision flags, calibrator); 11: strongly typed (precision in "
                         "the ONNX); auto: by the installed TensorRT's major version")
@@ -179,8 +180,10 @@ def network_flags(trt: Any, plan: BuildPlan, has_python_plugins: bool) -> int:
     return flags
 
 
-def default_out(onnx_path: Path) -> Path:
-    return onnx_path.with_suffix(".engine")
+def default_out(onnx_path: Path, precision: str) -> Path:
+    """``model_trt.onnx`` + fp16 -> ``model_trt_fp16.engine`` beside it: one name per ONNX and
+    precision, the name the README's build-then-predict commands use."""
+    return onnx_path.with_name(f"{onnx_path.stem}_{precision}.engine")
 
 
 def custom_ops(model: Any) -> list[str]:
@@ -219,7 +222,8 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     names_out = [o.name for o in model.graph.output]
     if names_in != list(INPUT_NAMES) or sorted(names_out) != sorted(OUTPUT_NAMES):
         raise UsageError(f"--onnx {onnx_path}: I/O {names_in} -> {names_out} is not the export contract's")
-    out = Path(args.out) if args.out else default_out(onnx_path)
+    precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    out = Path(args.out) if args.out else default_out(onnx_path, precision)
     if out.resolve() == onnx_path.resolve():
         raise UsageError(f"--out {out} would overwrite the ONNX file")
     if out.exists() and out.is_dir():
@@ -343,7 +347,8 @@ def run(args: argparse.Namespace) -> Path | None:
     import onnx
 
     from runtime.trt.engine_file import EngineInfo, PluginInfo, sha256_file, write_engine
-    from runtime.trt.runner import CudaError, gpus, import_tensorrt
+    from runtime.cuda import CudaError, GpuUnavailableError, gpus
+    from runtime.trt.runner import import_tensorrt
 
     inputs = check_inputs(args)
     needs_plugins = bool(custom_ops(inputs.model))
@@ -362,7 +367,7 @@ def run(args: argparse.Namespace) -> Path | None:
     if not args.dry_run:
         try:
             gpu = gpus()[0]
-        except CudaError as e:
+        except (CudaError, GpuUnavailableError) as e:
             raise EnvironmentProblem(f"no CUDA GPU found ({one_line(e)})") from None
     model, notes = prepare_onnx(inputs, plan, args)
     for note in notes:
@@ -398,6 +403,7 @@ def run(args: argparse.Namespace) -> Path | None:
     write_engine(inputs.out, engine, info)
     print(f"built {inputs.out} ({len(engine) / 1e6:.1f} MB, {plan.precision}, TensorRT {version}, {gpu.name}) in "
           f"{time.time() - t0:.1f} s; sidecar {inputs.out}.json")
+    print(f"next: python runtime/predict.py --model {inputs.out} IMAGES... --out DIR")
     return inputs.out
 
 

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="ONNX Runtime execution providers in priority order, comma-separated (cpu, cuda, tensorrt)")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
     p.add_argument("--batch-size", type=int, default=1, help="images per network call")
+    p.add_argument("--postprocess", choices=["auto", "gpu", "cpu"], default="auto",
+                   help="post-processing for TensorRT engines: auto = the GPU kernels where they run on this GPU, "
+                        "else numpy with a warning (default); gpu = kernels or fail; cpu = numpy")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
     args = p.parse_args(argv)
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         predictor = Predictor(args.model, backend=args.backend, providers=args.providers.split(","),
-                              threads=args.threads, batch_size=args.batch_size)
+                              threads=args.threads, batch_size=args.batch_size, postprocess=args.postprocess)
     except (FileNotFoundError, ModelError, ImportError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -68,11 +68,25 @@ class Predictor:
         providers: ONNX Runtime execution providers in priority order ("cpu", "cuda", "tensorrt").
         threads: CPU threads for ONNX Runtime.
         batch_size: images per network call in :meth:`predict_batch`.
+        postprocess: "auto" (TensorRT engines: the GPU kernels where they run on this GPU, else
+            numpy with a one-line warning; other backends: numpy), "gpu" (the kernels or an error),
+            "cpu" (numpy).
     """
 
     def __init__(self, model: str | os.PathLike, *, backend: str | None = None, providers: Sequence[str] = ("cpu",),
-                 threads: int | None = None, batch_size: int = 1, **backend_options) -> None:
+                 threads: int | None = None, batch_size: int = 1, postprocess: str = "auto",
+                 **backend_options) -> None:
+        from runtime.gpu.postprocess import POSTPROCESS_CHOICES
+
+        if postprocess not in POSTPROCESS_CHOICES:
+            raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")
         kwargs = dict(backend_options)
+        is_engine = backend == "tensorrt" or (backend is None and str(model).endswith((".engine", ".plan")))
+        if is_engine:
+            kwargs.update(postprocess=postprocess)
+        elif postprocess == "gpu":
+            raise ValueError("postprocess='gpu' needs a TensorRT engine (.engine): the kernels read the network's "
+                             "outputs on the device")
         if (backend or "onnxruntime") == "onnxruntime" and not str(model).endswith((".engine", ".plan")):
             kwargs.update(providers=providers, threads=threads)
         elif backend == "openvino":

@@ -298,7 +298,7 @@ class GpuPostprocessor:
     semantic_logits=..., original_size=..., resized_size=..., padded_size=..., scale_factor=...)``
     takes DEVICE pointers (ints or CUDA-array-interface objects) to one image's rows of the
     contract outputs (shapes in :data:`BUFFERS`, D = max_detections) and returns
-    :class:`GpuLabelMap`. Raises :class:`runtime.gpu.launcher.GpuUnavailableError` (a
+    :class:`GpuLabelMap`. Raises :class:`runtime.cuda.GpuUnavailableError` (a
     RuntimeError) when no CUDA driver/GPU or no PTX for the device is available.
     """
 
@@ -306,25 +306,22 @@ class GpuPostprocessor:
                  mask_threshold: float = 0.5, mask_overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
                  instance_offset: int = 1000, mask_size: int = MASK_SIZE, device: int = 0, stream: Any = None,
                  ptx_dir: Any = None, programs: int | None = None) -> None:
+        from runtime import cuda
         from runtime.gpu import launcher
 
         self.config = FusionConfig(num_thing_classes, num_stuff_classes, max_detections, mask_threshold,
                                    mask_overlap_threshold, stuff_area_limit, instance_offset, mask_size)
         self.config.validate()
-        self._launcher = launcher
-        self.context = launcher.CudaContext(device)
+        self._cuda = cuda
+        self.context = cuda.CudaContext(device)
         self.kernels = launcher.KernelModule(self.context, ptx_dir or launcher.PTX_DIR)
         missing = [s.name for s in KERNEL_SPECS if s.name not in self.kernels.infos]
         if missing:
-            raise launcher.GpuUnavailableError(f"compiled kernels missing for sm_{self.kernels.target}: {missing}")
-        if stream is None:
-            self.stream = self.context.create_stream()
-        else:
-            self.stream = launcher.Stream(stream if not isinstance(stream, int) else
-                                          launcher._driver().CUstream(stream))
+            raise cuda.GpuUnavailableError(f"compiled kernels missing for sm_{self.kernels.target}: {missing}")
+        self.stream = self.context.create_stream() if stream is None else cuda.Stream.from_address(int(stream))
         self.programs = programs or 4 * self.context.sm_count
         self.workspace_layout = WorkspaceLayout.for_detections(max_detections)
-        self.workspace = launcher.DeviceBuffer(4 * self.workspace_layout.size)
+        self.workspace = cuda.DeviceBuffer(4 * self.workspace_layout.size)
         self._label_map: Any = None
         self._prepared: dict = {}
 
@@ -340,7 +337,7 @@ class GpuPostprocessor:
         if self._label_map is None or self._label_map.nbytes < nbytes:
             if self._label_map is not None:
                 self._label_map.close()
-            self._label_map = self._launcher.DeviceBuffer(nbytes)
+            self._label_map = self._cuda.DeviceBuffer(nbytes)
             self._prepared.clear()  # packed launches point at the old buffer
         return self._label_map
 
@@ -378,7 +375,7 @@ class GpuPostprocessor:
             self._prepared[key] = prepared
         for item in prepared:
             if isinstance(item, tuple):
-                self._launcher.memset_d32(item[0], 0, item[1], self.stream)
+                self._cuda.memset_d32(item[0], 0, item[1], self.stream)
             else:
                 item.launch(self.stream)
         return out.ptr
@@ -389,8 +386,8 @@ class GpuPostprocessor:
         ptr = self.enqueue(**kwargs)
         label_map = np.empty((h, w), dtype=np.int32)
         workspace = np.empty(self.workspace_layout.size, dtype=np.int32)
-        self._launcher.copy_to_host(label_map, ptr, label_map.nbytes, self.stream)
-        self._launcher.copy_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
+        self._cuda.copy_to_host(label_map, ptr, label_map.nbytes, self.stream)
+        self._cuda.copy_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
         self.stream.synchronize()
         label_map, kept = read_back(label_map, workspace, self.config)
         return GpuLabelMap(label_map, kept)
@@ -401,3 +398,36 @@ class GpuPostprocessor:
                 obj.close()
         self._label_map = None
         self.context.close()
+
+
+POSTPROCESS_CHOICES = ("auto", "gpu", "cpu")
+
+
+def warn_on_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def open_gpu_postprocessor(metadata: Any, *, postprocess: str = "auto", device: int = 0, stream: Any = None,
+                           warn: Any = warn_on_stderr) -> "GpuPostprocessor | None":
+    """The GPU post-processor for a model (:class:`runtime.contract.ModelMetadata`), or None for
+    the numpy one.
+
+    postprocess: "gpu" (the kernels or an error), "cpu" (numpy), "auto" (the kernels where they
+    run, else numpy with a one-line warning through ``warn``: no driver, a GPU older than the
+    PTX's lowest target, or a model outside the kernels' limits such as > 128 detections)."""
+    from runtime.cuda import GpuUnavailableError
+
+    if postprocess not in POSTPROCESS_CHOICES:
+        raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")
+    if postprocess == "cpu":
+        return None
+    try:
+        return GpuPostprocessor.from_metadata(metadata, device=device, stream=stream)
+    except (GpuUnavailableError, ValueError) as e:
+        if postprocess == "gpu":
+            raise
+        warn(f"warning: GPU post-processing unavailable ({' '.join(str(e).split())}); using the CPU (numpy) "
+             f"post-processing")
+        return None

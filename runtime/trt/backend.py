@@ -1,11 +1,12 @@
 """TensorRT engines behind the runtime's backend interface.
 
 The network runs on the GPU (``runtime/trt/runner.py``: one CUDA stream, outputs kept on the
-device). With ``gpu_postprocess`` (the default) the post-processing kernels
-(``runtime/gpu/``: mask pasting, fusion, semantic argmax) consume the network's device
-outputs on the same stream, and only the final label map, the kept-instance list and the
-small detection arrays come back to the host. Without it, the contract outputs are copied to
-the host and the numpy post-processing runs there.
+device). With GPU post-processing (``postprocess="auto"`` where the kernels run, or "gpu") the
+post-processing kernels (``runtime/gpu/``: mask pasting, fusion, semantic argmax) consume the
+network's device outputs on the same stream, and only the final label map, the kept-instance list
+and the small detection arrays come back to the host. Otherwise ("cpu", or "auto" on a GPU the
+kernels do not run on, with a one-line warning) the contract outputs are copied to the host and
+the numpy post-processing runs there.
 
 Needs tensorrt, cuda-python and a CUDA GPU; otherwise construction raises ImportError /
 RuntimeError with a one-line reason.
@@ -33,18 +34,15 @@ class DeviceLabelMap:
 
 
 class TensorRTBackend:
-    def __init__(self, path: str | os.PathLike, *, device: int = 0, gpu_postprocess: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, device: int = 0, postprocess: str = "auto") -> None:
+        from runtime.gpu.postprocess import open_gpu_postprocessor
         from runtime.trt.runner import TrtRunner
 
         self.runner = TrtRunner(path, device=device)
         self.metadata = self.runner.metadata
-        self.name = "tensorrt" + ("+gpu-post" if gpu_postprocess else "")
-        self.gpu_post: Any = None
-        if gpu_postprocess:
-            from runtime.gpu.postprocess import GpuPostprocessor
-
-            self.gpu_post = GpuPostprocessor.from_metadata(self.metadata, device=device,
-                                                           stream=int(self.runner.stream))
+        self.gpu_post: Any = open_gpu_postprocessor(self.metadata, postprocess=postprocess, device=device,
+                                                    stream=self.runner.stream.address)
+        self.name = "tensorrt" + ("+gpu-post" if self.gpu_post is not None else "")
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
         """Host copies of the contract outputs (for the numpy post-processing or checks)."""
@@ -55,7 +53,7 @@ class TensorRTBackend:
                      scale_factors: Sequence[tuple[float, float]]) -> list[DeviceLabelMap]:
         """Network + GPU post-processing; nothing but the results leaves the device."""
         if self.gpu_post is None:
-            raise RuntimeError("this backend was opened with gpu_postprocess=False")
+            raise RuntimeError("this backend has no GPU post-processing (postprocess='cpu' or not available)")
         from runtime.gpu.postprocess import image_pointers
 
         tensors = self.runner.enqueue(images, image_sizes)

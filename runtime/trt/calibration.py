@@ -109,7 +109,8 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (dicts of the network inputs, consumed
     lazily) from device memory. Reads/writes ``cache_file`` when given (a valid cache makes
     TensorRT skip calibration)."""
-    from runtime.trt.runner import DeviceBuffer, import_tensorrt
+    from runtime import cuda
+    from runtime.trt.runner import import_tensorrt
 
     import_tensorrt()  # a one-line ImportError when TensorRT is missing
     import tensorrt as trt
@@ -125,7 +126,9 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
             self.batch_size = int(batch_size)
             self.seen = 0
             self.cache = Path(cache_file) if cache_file else None
-            self.buffers: dict[str, DeviceBuffer] = {}
+            self.buffers: dict[str, cuda.DeviceBuffer] = {}
+            self.cuda_context = cuda.CudaContext(0)  # the builder's device (primary context)
+            self.stream = self.cuda_context.create_stream()
 
         def get_batch_size(self) -> int:
             return self.batch_size
@@ -142,10 +145,11 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
                 buf = self.buffers.get(name)
                 if buf is None or buf.nbytes < host.nbytes:
                     if buf is not None:
-                        buf.free()
-                    buf = self.buffers[name] = DeviceBuffer(host.nbytes)
-                buf.copy_from_host(host)
+                        buf.close()
+                    buf = self.buffers[name] = cuda.DeviceBuffer(host.nbytes)
+                buf.copy_from_host(host, self.stream)
                 pointers.append(buf.ptr)
+            self.stream.synchronize()  # TensorRT reads the buffers as soon as this returns
             return pointers
 
         def read_calibration_cache(self) -> bytes | None:  # type: ignore[override]
@@ -161,7 +165,9 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
 
         def free(self) -> None:
             for buf in self.buffers.values():
-                buf.free()
+                buf.close()
             self.buffers.clear()
+            self.stream.close()
+            self.cuda_context.close()
 
     return EntropyCalibrator()

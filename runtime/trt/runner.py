@@ -1,6 +1,7 @@
 """Run a TensorRT engine built by runtime/build_engine.py: TensorRT 10/11 name-based tensor API
-(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on ONE CUDA stream, device
-memory from cuda-python (``cuda.bindings.runtime``).
+(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on ONE CUDA stream, with the
+project's one CUDA layer (``runtime/cuda.py``: primary context, stream, device buffers), which the
+GPU post-processing kernels share.
 
 Output buffers stay on the device, sized once for the profile's max batch. ``infer`` copies them
 to the host; ``enqueue`` returns the device tensors (pointer, shape, dtype) instead, so that a GPU
@@ -18,111 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from runtime import cuda
 from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
 from runtime.trt.engine_file import EngineInfo, read_engine
 from runtime.trt.profiles import Profile
-
-
-class CudaError(RuntimeError):
-    pass
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-untyped]  # cuda-python has no type info
-    except ImportError as e:
-        raise CudaError(f"cuda-python is not installed (import cuda.bindings failed: {e}); "
-                        f"pip install cuda-python") from None
-    return cudart
-
-
-def check(result: Any) -> Any:
-    """Unwrap a cuda.bindings ``(error, value...)`` tuple, raising CudaError with CUDA's message."""
-    cudart = _cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, msg = cudart.cudaGetErrorString(err)
-        raise CudaError(f"{getattr(err, 'name', err)}: {msg.decode() if isinstance(msg, bytes) else msg}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    compute_capability: str  # "9.0"
-
-    @property
-    def sm(self) -> int:
-        major, minor = self.compute_capability.split(".")
-        return int(major) * 10 + int(minor)
-
-
-def gpus() -> list[GpuInfo]:
-    """The visible CUDA GPUs; CudaError with CUDA's reason when there is none."""
-    cudart = _cudart()
-    count = check(cudart.cudaGetDeviceCount())
-    if not count:
-        raise CudaError("no CUDA GPU found")
-    out = []
-    for i in range(int(count)):
-        prop = check(cudart.cudaGetDeviceProperties(i))
-        name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-        out.append(GpuInfo(i, name, f"{prop.major}.{prop.minor}"))
-    return out
-
-
-class Stream:
-    def __init__(self) -> None:
-        self._cudart = _cudart()
-        self.handle = check(self._cudart.cudaStreamCreate())
-
-    def __int__(self) -> int:
-        return int(self.handle)
-
-    def synchronize(self) -> None:
-        check(self._cudart.cudaStreamSynchronize(self.handle))
-
-    def destroy(self) -> None:
-        if self.handle is not None:
-            check(self._cudart.cudaStreamDestroy(self.handle))
-            self.handle = None
-
-
-class DeviceBuffer:
-    """``nbytes`` of device memory (at least 1 byte so that empty tensors get a valid address)."""
-
-    def __init__(self, nbytes: int) -> None:
-        self._cudart = _cudart()
-        self.nbytes = int(nbytes)
-        self.ptr = int(check(self._cudart.cudaMalloc(max(self.nbytes, 1))))
-
-    def copy_from_host(self, array: np.ndarray, stream: Stream | None = None) -> None:
-        host = np.ascontiguousarray(array)
-        if host.nbytes > self.nbytes:
-            raise ValueError(f"{host.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
-        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        if stream is None:
-            check(self._cudart.cudaMemcpy(self.ptr, host.ctypes.data, host.nbytes, kind))
-        else:
-            check(self._cudart.cudaMemcpyAsync(self.ptr, host.ctypes.data, host.nbytes, kind, stream.handle))
-
-    def copy_to_host(self, out: np.ndarray, stream: Stream | None = None) -> np.ndarray:
-        if not out.flags.c_contiguous or out.nbytes > self.nbytes:
-            raise ValueError("copy_to_host needs a C-contiguous array no larger than the buffer")
-        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        if stream is None:
-            check(self._cudart.cudaMemcpy(out.ctypes.data, self.ptr, out.nbytes, kind))
-        else:
-            check(self._cudart.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, stream.handle))
-        return out
-
-    def free(self) -> None:
-        if self.ptr:
-            check(self._cudart.cudaFree(self.ptr))
-            self.ptr = 0
 
 
 @dataclass(frozen=True)
@@ -132,8 +32,6 @@ class DeviceTensor:
     ptr: int
     shape: tuple[int, ...]
     dtype: np.dtype
-
-
 
 
 def import_tensorrt() -> Any:
@@ -149,26 +47,32 @@ def import_tensorrt() -> Any:
     return trt
 
 
+def deserialize_engine(trt: Any, data: bytes, logger: Any) -> tuple[Any, Any]:
+    """-> (IRuntime, ICudaEngine or None). TensorRT's bundled plugin library is initialised first:
+    an ``ort``-flavor engine holds the ROIAlign_TRT plugin (what TensorRT's ONNX parser makes of
+    RoiAlign), and deserialising fails unless its creator is registered (``initLibNvInferPlugins``,
+    NvInferPlugin.h). A ``trt``-flavor engine carries its own ahead-of-time plugin kernels and needs
+    neither Python nor this project's plugin registration to load."""
+    trt.init_libnvinfer_plugins(logger, "")
+    runtime = trt.Runtime(logger)
+    return runtime, runtime.deserialize_cuda_engine(data)
+
+
 class TrtRunner:
     """engine + sidecar -> outputs. ``infer(images, image_sizes)``; see the module docstring."""
 
     def __init__(self, engine_path: str | os.PathLike, *, device: int = 0) -> None:
-        import_tensorrt()  # a one-line ImportError when TensorRT is missing
-        import tensorrt as trt
-
-        cudart = _cudart()
-        gpu = gpus()[device]
-        check(cudart.cudaSetDevice(device))
-        data, self.info = read_engine(engine_path, trt.__version__, gpu.compute_capability)
+        trt = import_tensorrt()  # a one-line ImportError when TensorRT is missing
+        self.cuda_context = cuda.CudaContext(device)
+        data, self.info = read_engine(engine_path, trt.__version__, self.cuda_context.compute_capability)
         self.metadata: ModelMetadata = self.info.metadata()
         self.profile = Profile.from_dict(self.info.profile)
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(data)
+        self.runtime, self.engine = deserialize_engine(trt, data, self.logger)
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {engine_path} (see the TensorRT log above)")
         self.context = self.engine.create_execution_context()
-        self.stream = Stream()
+        self.stream = self.cuda_context.create_stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -176,15 +80,15 @@ class TrtRunner:
             raise RuntimeError(f"engine I/O {self.inputs} -> {self.outputs} is not the export contract's "
                                f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}")
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self._in_buffers: dict[str, DeviceBuffer] = {}
-        self._out_buffers: dict[str, DeviceBuffer] = {}
+        self._in_buffers: dict[str, cuda.DeviceBuffer] = {}
+        self._out_buffers: dict[str, cuda.DeviceBuffer] = {}
 
-    def _buffer(self, pool: dict[str, DeviceBuffer], name: str, nbytes: int) -> DeviceBuffer:
+    def _buffer(self, pool: dict[str, cuda.DeviceBuffer], name: str, nbytes: int) -> cuda.DeviceBuffer:
         buf = pool.get(name)
         if buf is None or buf.nbytes < nbytes:
             if buf is not None:
-                buf.free()
-            buf = pool[name] = DeviceBuffer(nbytes)
+                buf.close()
+            buf = pool[name] = cuda.DeviceBuffer(nbytes)
         return buf
 
     def enqueue(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, DeviceTensor]:
@@ -211,7 +115,7 @@ class TrtRunner:
             buf = self._buffer(self._out_buffers, name, nbytes)
             self.context.set_tensor_address(name, buf.ptr)
             tensors[name] = DeviceTensor(name, buf.ptr, shape, self.dtypes[name])
-        if not self.context.execute_async_v3(int(self.stream)):
+        if not self.context.execute_async_v3(self.stream.address):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         return tensors
 
@@ -231,9 +135,10 @@ class TrtRunner:
     def close(self) -> None:
         for pool in (self._in_buffers, self._out_buffers):
             for buf in pool.values():
-                buf.free()
+                buf.close()
             pool.clear()
-        self.stream.destroy()
+        self.stream.close()
+        self.cuda_context.close()
 
     def __enter__(self) -> "TrtRunner":
         return self

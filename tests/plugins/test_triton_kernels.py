@@ -195,46 +195,80 @@ def _production_constexprs(variant):
     return tk.nms_constexprs(0.7, -0.5, 1000)
 
 
-@pytest.mark.parametrize("arch", [87, 90])
-@pytest.mark.parametrize("variant", ["roi_align_kernel", "roi_align_kernel/sampling2", "nms_kernel"])
-def test_aot_compile_and_assemble(tmp_path, arch, variant):
+def _expected_isa(arch):
+    from runtime.gpu.triton_aot import MIN_PTX_ISA
+
+    isa = max(80, MIN_PTX_ISA[arch])  # 8.0 (CUDA 12.0 drivers) unless the target needs more
+    return f"{isa // 10}.{isa % 10}"
+
+
+@pytest.mark.parametrize("arch", [75, 80, 86, 87, 89, 90, 100, 120])
+@pytest.mark.parametrize("variant", ["roi_align_kernel", "nms_kernel"])
+def test_aot_compile_and_assemble_for_every_tensorrt10_gpu(tmp_path, arch, variant):
+    """The plugin kernels as an engine build on each GPU generation compiles them: TensorRT's
+    argument list exactly, a plain (not arch-specific) target, the PTX ISA the target needs
+    (sm_100: 8.6, sm_120: 8.7; ISA 8.0 there aborts LLVM), and ptxas assembles it."""
     if os.environ.get("TRITON_INTERPRET"):
         pytest.skip("TRITON_INTERPRET is set: triton cannot compile in this process")
     from plugins import triton_kernels as tk
+    from runtime.gpu.triton_aot import assemble, entry_param_names
 
     name = variant.split("/")[0]
     kernel = tk.compile_kernel(name, arch, _production_constexprs(variant))
-    params = tk.ptx_params(kernel.ptx, kernel.name)
-    assert len(params) == len(tk.SIGNATURES[name]) == kernel.num_params  # TensorRT's argument list exactly
-    assert kernel.target.startswith(f"sm_{arch}")
-    assert kernel.shared_mem < 48 * 1024  # no opt-in dynamic shared memory needed
+    params = entry_param_names(kernel.ptx, kernel.entry)
+    assert len(params) == len(tk.SIGNATURES[name]) == len(kernel.param_types)  # TensorRT's arguments exactly
+    assert kernel.hidden == ()
+    assert kernel.target == f"sm_{arch}"  # never sm_90a / sm_100a / sm_120a
+    assert kernel.shared < 48 * 1024  # no opt-in dynamic shared memory needed
     assert kernel.num_warps == tk.NUM_WARPS[name]
-    assert kernel.ptx_version == "8.0"  # JIT-able by CUDA 12.0+ drivers
+    assert kernel.ptx_isa == _expected_isa(arch)
     assert ".loc" not in kernel.ptx and str(Path.home()) not in kernel.ptx and str(ROOT) not in kernel.ptx
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        pytest.skip("ptxas not on PATH")
     (tmp_path / "k.ptx").write_text(kernel.ptx)
-    proc = subprocess.run([ptxas, f"-arch={kernel.target}", str(tmp_path / "k.ptx"), "-o", str(tmp_path / "k.cubin")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    result = assemble(tmp_path / "k.ptx", arch, tmp_path / "k.cubin")
+    assert result.returncode == 0, result.log
     assert (tmp_path / "k.cubin").stat().st_size > 0
 
 
-def test_strip_hidden_params():
+def test_aot_compile_second_roi_align_variant(tmp_path):
+    if os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("TRITON_INTERPRET is set: triton cannot compile in this process")
     from plugins import triton_kernels as tk
+    from runtime.gpu.triton_aot import assemble
+
+    kernel = tk.compile_kernel("roi_align_kernel", 87, _production_constexprs("roi_align_kernel/sampling2"))
+    (tmp_path / "k.ptx").write_text(kernel.ptx)
+    assert assemble(tmp_path / "k.ptx", 87, tmp_path / "k.cubin").returncode == 0
+
+
+def test_ptx_isa_choice():
+    from runtime.gpu.triton_aot import PtxError, nearest_target, ptx_isa_for
+
+    assert ptx_isa_for(75) == 80 and ptx_isa_for(90) == 80
+    assert ptx_isa_for(100) == 86 and ptx_isa_for(120) == 87
+    assert ptx_isa_for(90, 85) == 85
+    with pytest.raises(PtxError, match="needs PTX ISA >= 8.7"):
+        ptx_isa_for(120, 80)
+    with pytest.raises(PtxError, match="not a target"):
+        ptx_isa_for(70)
+    assert nearest_target(103) == 100 and nearest_target(121) == 120 and nearest_target(89) == 89
+    with pytest.raises(PtxError, match="older than every target"):
+        nearest_target(70)
+
+
+def test_strip_hidden_params():
+    from runtime.gpu.triton_aot import PtxError, entry_param_names, ptx_isa_version, ptx_target, strip_hidden_params
 
     ptx = (".version 8.8\n.target sm_90a\n.address_size 64\n.visible .entry k(\n\t.param .u64 k_param_0,\n"
            "\t.param .u32 k_param_1,\n\t.param .u64 k_param_2,\n\t.param .u64 k_param_3\n)\n{\n"
            "\tld.param.b64 %rd1, [k_param_0];\n\tret;\n}\n")
-    stripped = tk.strip_hidden_params(ptx, "k", 2)
-    assert tk.ptx_params(stripped, "k") == ["k_param_0", "k_param_1"]
-    assert tk.ptx_target(stripped) == "sm_90a" and tk.ptx_isa_version(stripped) == "8.8"
+    stripped = strip_hidden_params(ptx, "k", 2)
+    assert entry_param_names(stripped, "k") == ["k_param_0", "k_param_1"]
+    assert ptx_target(stripped) == "sm_90a" and ptx_isa_version(stripped) == "8.8"
     used = ptx.replace("ret;", "ld.param.b64 %rd2, [k_param_3];\n\tret;")
-    with pytest.raises(ValueError, match="used by the kernel"):
-        tk.strip_hidden_params(used, "k", 2)
-    with pytest.raises(ValueError, match="no .entry"):
-        tk.strip_hidden_params(ptx, "other", 2)
+    with pytest.raises(PtxError, match="used by the kernel"):
+        strip_hidden_params(used, "k", 2)
+    with pytest.raises(PtxError, match="no .entry"):
+        strip_hidden_params(ptx, "other", 2)
 
 
 def test_launch_configuration_validation():

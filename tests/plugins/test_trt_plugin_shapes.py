@@ -75,6 +75,10 @@ def test_target_sm():
     assert tp.plugin_target_sm({"PFPN_PLUGIN_SM": "87"}) == 87
     assert tp.plugin_target_sm({"PFPN_PLUGIN_SM": "sm_90a"}) == 90
     assert tp.plugin_target_sm({}, gpu_sm=89) == 89
+    assert tp.plugin_target_sm({}, gpu_sm=103) == 100  # B300: the sm_100 PTX, JIT-compiled forward
+    assert tp.plugin_target_sm({}, gpu_sm=121) == 120
+    with pytest.raises(PluginShapeError, match="older than every target"):
+        tp.plugin_target_sm({}, gpu_sm=70)
     with pytest.raises(PluginShapeError, match="SM number"):
         tp.plugin_target_sm({"PFPN_PLUGIN_SM": "hopper"})
 
@@ -174,5 +178,5 @@ def test_registration_wrappers(monkeypatch):
     name, ptx, launch, extra = registered[tp.NMS_ID]["aot_impl"](boxes, scores, groups, 0.7, -0.5, 300, (sel, cnt), 0)
     assert name == "nms_kernel" and launch.grid_x == 2 and launch.block_x == 256
     assert extra == [("i32", 2), ("i32", 1500)]
-    assert tp.COMPILED[tp.NMS_ID]["ptx_target"] == "sm_90a" and tp.COMPILED[tp.NMS_ID]["sm"] == 90
+    assert tp.COMPILED[tp.NMS_ID]["ptx_target"] == "sm_90" and tp.COMPILED[tp.NMS_ID]["sm"] == 90
     assert tp.plugin_infos()[1]["kernel"]["kernel"] == "nms_kernel"

@@ -74,15 +74,16 @@ def test_without_tensorrt_or_gpu_one_line_and_no_file(exported):
 
 def test_no_gpu_message(exported, monkeypatch, capsys):
     """With TensorRT importable but no GPU (simulated): one line, exit 3, nothing written."""
+    from runtime import cuda
     from runtime.trt import runner
 
     fake = types.SimpleNamespace(__version__="10.13.3.9")
     monkeypatch.setattr(runner, "import_tensorrt", lambda: fake)
 
     def no_gpu():
-        raise runner.CudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+        raise cuda.CudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
 
-    monkeypatch.setattr(runner, "gpus", no_gpu)
+    monkeypatch.setattr(cuda, "gpus", no_gpu)
     out = exported / "g.engine"
     assert be.main(["--onnx", str(exported / "tiny_ort.onnx"), "--out", str(out)]) == be.EXIT_ENVIRONMENT
     err = capsys.readouterr().err.strip().splitlines()
