@@ -35,6 +35,12 @@ def _where_valid(valid: Tensor, x: Tensor, fill) -> Tensor:
     return torch.where(mask, x, fill_t)
 
 
+def _non_negative(index: Tensor) -> Tensor:
+    """max(index, 0) for int64 indices, as a Where: clamp on int64 exports as an INT64 Clip, which
+    TensorRT's ONNX parser does not list (Clip: FP32/FP16/BF16, onnx-tensorrt operators.md)."""
+    return torch.where(index >= 0, index, 0)
+
+
 def decode_clip(anchors: Tensor, deltas: Tensor, stds: tuple[float, ...], image_hw: Tensor) -> Tensor:
     """Batched delta decoding + clipping, the same float operations as
     ``training.model.box_ops.decode_boxes``.
@@ -135,7 +141,7 @@ class ExportablePanopticFPN(nn.Module):
         selected, _ = torch.ops.pfpn.batched_nms(boxes, torch.cat(all_scores, 1), torch.cat(all_levels, 1),
                                                  rpn.nms_iou_threshold, _INVALID_SCORE / 2, rpn.post_nms_top_n_test)
         valid = selected >= 0
-        proposals = torch.gather(boxes, 1, selected.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4))
+        proposals = torch.gather(boxes, 1, _non_negative(selected).unsqueeze(-1).expand(-1, -1, 4))
         return _where_valid(valid, proposals, _UNIT_BOX), valid
 
     def roi_align(self, feats: list[Tensor], boxes: Tensor, size: int) -> Tensor:
@@ -165,7 +171,7 @@ class ExportablePanopticFPN(nn.Module):
         selected, num = torch.ops.pfpn.batched_nms(cand_boxes, scores, None, cfg.box_head.nms_iou_threshold,
                                                    cfg.box_head.score_threshold, cfg.box_head.max_detections)
         valid = selected >= 0
-        index = selected.clamp(min=0)
+        index = _non_negative(selected)
         det_boxes = torch.gather(cand_boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
         det_scores = _where_valid(valid, torch.gather(scores, 1, index), 0.0)
         det_labels = _where_valid(valid, torch.remainder(index, t), 0)
@@ -178,7 +184,8 @@ class ExportablePanopticFPN(nn.Module):
         if self.mask_head_on_detections_only:
             # NMS packs each image's detections at the front, so rows [0, n) hold all of them;
             # n >= 1 keeps every tensor non-empty (some backends reject zero-sized convolutions)
-            rows = torch.arange(num.max().clamp(min=1), device=num.device)
+            most = num.max()
+            rows = torch.arange(torch.where(most >= 1, most, 1), device=num.device)
             mask_rois = mask_rois.index_select(1, rows)
             mask_labels = mask_labels.index_select(1, rows)
         mask_logits = self.model.roi_head.mask_head(self.roi_align(feats, mask_rois, cfg.mask_head.roi_size))

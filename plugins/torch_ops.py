@@ -124,7 +124,10 @@ def _roi_align_symbolic(g, rois, p2, p3, p4, p5, output_size, sampling_ratio, fi
                  g.op("Slice", g.op("Shape", p2), _const(g, [1]), _const(g, [2])), _const(g, [size, size]), axis_i=0)
     out = g.op("ConstantOfShape", shape, value_t=torch.tensor([0.0], dtype=torch.float32))
     for k, (feat, scale) in enumerate(zip(feats, scales)):
-        idx = g.op("Transpose", g.op("NonZero", g.op("Equal", level, _const(g, k))), perm_i=[1, 0])  # (n, 1)
+        # NonZero on a float 0/1 mask: TensorRT's NonZero takes FP32/FP16 only (onnx-tensorrt
+        # docs/operators.md, 10.1 to 11.1), not the BOOL that Equal gives
+        hit = g.op("Cast", g.op("Equal", level, _const(g, k)), to_i=1)
+        idx = g.op("Transpose", g.op("NonZero", hit), perm_i=[1, 0])  # (n, 1)
         pooled = g.op("RoiAlign", feat, g.op("GatherND", boxes, idx), g.op("GatherND", batch, idx),
                       coordinate_transformation_mode_s="half_pixel", mode_s="avg", output_height_i=size,
                       output_width_i=size, sampling_ratio_i=ratio, spatial_scale_f=scale)
@@ -174,7 +177,10 @@ def _nms_ort(g, boxes, scores, groups, iou, thr, k):
     batch_ids = g.op("Range", _const(g, 0), g.op("Squeeze", num_batches, _const(g, [0])), _const(g, 1))
     onehot = g.op("Cast", g.op("Equal", g.op("Unsqueeze", batch_of_row, _const(g, [1])), batch_ids), to_i=7)
     counts = g.op("ReduceSum", onehot, _const(g, [0]), keepdims_i=0)  # (B,)
-    starts = g.op("CumSum", counts, _const(g, 0), exclusive_i=1)
+    # starts[b] = rows of batches before b (an exclusive cumulative sum of counts), as a ReduceSum
+    # of a comparison: TensorRT's CumSum takes FP32/FP16/BF16 only (onnx-tensorrt operators.md)
+    before = g.op("Cast", g.op("Less", g.op("Unsqueeze", batch_of_row, _const(g, [1])), batch_ids), to_i=7)
+    starts = g.op("ReduceSum", before, _const(g, [0]), keepdims_i=0)  # (B,)
     num_rows = g.op("Squeeze", g.op("Slice", g.op("Shape", rows), _const(g, [0]), _const(g, [1])), _const(g, [0]))
     rank = g.op("Sub", g.op("Range", _const(g, 0), num_rows, _const(g, 1)), g.op("Gather", starts, batch_of_row))
     index = g.op("Concat", g.op("Unsqueeze", batch_of_row, _const(g, [1])), g.op("Unsqueeze", rank, _const(g, [1])),

@@ -29,6 +29,17 @@ NUM_LEVELS = 4
 # the attributes of each plugin, in registration order (the ONNX node's non-plugin_* attributes)
 ROI_ALIGN_ATTRS = ("output_height", "output_width", "sampling_ratio", "base_stride", "finest_scale")
 NMS_ATTRS = ("iou_threshold", "score_threshold", "max_output_boxes")
+# What TensorRT's ONNX parser must find for each trt-flavor node (runtime/trt/conformance.py checks
+# the exported nodes against it; a test checks it against the registration signatures below).
+PLUGIN_SPECS = (
+    {"name": ROI_ALIGN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
+     "attributes": {"output_height": "INT", "output_width": "INT", "sampling_ratio": "INT", "base_stride": "INT",
+                    "finest_scale": "FLOAT"},
+     "input_types": ("FLOAT",) * (1 + NUM_LEVELS)},
+    {"name": NMS_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
+     "attributes": {"iou_threshold": "FLOAT", "score_threshold": "FLOAT", "max_output_boxes": "INT"},
+     "input_types": ("FLOAT", "FLOAT", "INT64")},
+)
 SM_ENV = "PFPN_PLUGIN_SM"  # compile the kernels for this SM instead of the current GPU's
 
 

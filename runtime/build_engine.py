@@ -27,9 +27,13 @@ Python AOT plugins (plugins/trt_plugins.py, TensorRT >= 10.9; the kernels are co
 for this GPU and embedded in the engine). An ``ort``-flavor ONNX has only standard ops
 (NonMaxSuppression, RoiAlign via TensorRT's bundled ROIAlign plugin) and needs no plugin.
 
+Every build first checks the ONNX the parser receives against TensorRT 10.x/11.x's documented
+ONNX rules (runtime/trt/conformance.py) and refuses to start on a broken rule; ``--check`` prints
+the whole report (errors, warnings, notes per node) and builds nothing.
+
 Needs TensorRT and an NVIDIA GPU; without them it exits non-zero with a one-line reason. --dry-run
-does everything that needs neither (checks, profile, precision plan, fp16 / Q/DQ graph with
---save-onnx) and builds nothing.
+and --check do everything that needs neither (checks, profile, precision plan, fp16 / Q/DQ graph
+with --save-onnx) and build nothing.
 """
 from __future__ import annotations
 
@@ -63,6 +67,10 @@ class UsageError(ValueError):
 
 class EnvironmentProblem(RuntimeError):
     pass
+
+
+class ConformanceFailure(RuntimeError):
+    """--check found rules the ONNX breaks."""
 
 
 def one_line(message: object) -> str:
@@ -103,6 +111,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="check arguments and files, print the build plan, prepare the fp16 / Q/DQ ONNX (see "
                         "--save-onnx), build nothing; needs neither TensorRT nor a GPU")
+    p.add_argument("--check", action="store_true",
+                   help="only check the ONNX TensorRT's parser would receive (after --fp16 / --int8 preparation) "
+                        "against TensorRT 10.x/11.x's documented ONNX rules (runtime/trt/conformance.py); needs "
+                        "neither TensorRT nor a GPU; exits 1 when a rule is broken")
     p.add_argument("--save-onnx", metavar="FILE", help="also write the ONNX given to TensorRT's parser")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     return p.parse_args(argv)
@@ -348,6 +360,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
     from runtime.trt.engine_file import EngineInfo, PluginInfo, sha256_file, write_engine
     from runtime.cuda import CudaError, GpuUnavailableError, gpus
+    from runtime.trt.conformance import check_onnx
     from runtime.trt.runner import import_tensorrt
 
     inputs = check_inputs(args)
@@ -356,15 +369,17 @@ def run(args: argparse.Namespace) -> Path | None:
     try:
         trt = import_tensorrt()
     except ImportError as e:
-        if not args.dry_run:
+        if not (args.dry_run or args.check):
             raise EnvironmentProblem(str(e)) from None
+    if args.check:
+        trt = None  # the check is TensorRT-free, whatever is installed
     version = trt.__version__ if trt is not None else None
     api = choose_api(args.trt_api, version)
     plan = make_plan(api, args.fp16, args.int8)
     plugins = f"plugins {', '.join(custom_ops(inputs.model))}" if needs_plugins else "no plugins"
     print(f"plan: {plan.describe()}; profile min {inputs.profile.min} / opt {inputs.profile.opt} / max "
           f"{inputs.profile.max} (BxHxW); {plugins}")
-    if not args.dry_run:
+    if not (args.dry_run or args.check):
         try:
             gpu = gpus()[0]
         except (CudaError, GpuUnavailableError) as e:
@@ -378,6 +393,17 @@ def run(args: argparse.Namespace) -> Path | None:
 
         atomic_write_bytes(args.save_onnx, onnx_bytes)
         print(f"wrote {args.save_onnx}")
+    report = check_onnx(model)
+    if args.check:
+        print(report.format())
+        if report.errors:
+            raise ConformanceFailure(f"{len(report.errors)} TensorRT conformance errors (listed above)")
+        return None
+    print(report.summary() + (" (details: --check)" if report.findings else ""))
+    if report.errors:
+        print(report.format(notes=False))
+        raise UsageError(f"the ONNX breaks {len(report.errors)} TensorRT parser rules (listed above); TensorRT "
+                         f"would refuse it")
     if args.dry_run:
         print("dry run: no engine built")
         return None
@@ -417,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnvironmentProblem as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except BuildError as e:
+    except (BuildError, ConformanceFailure) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BUILD
     except KeyboardInterrupt:

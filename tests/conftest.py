@@ -65,3 +65,19 @@ def tiny_trt_onnx(tiny_checkpoint: Path) -> Path:
     out = tiny_checkpoint.with_name("tiny_trt.onnx")
     assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--flavor", "trt", "--out", str(out), "--threads", "1"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def r50_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random published-layout R-50 checkpoint exported with both flavors: {"ort": path, "trt": path}."""
+    from export import to_onnx
+    from training import random_checkpoint
+
+    folder = tmp_path_factory.mktemp("r50")
+    ckpt = folder / "r50_random.pth"
+    assert random_checkpoint.main(["--out", str(ckpt), "--firing"]) == 0
+    out = {}
+    for flavor in ("ort", "trt"):
+        out[flavor] = folder / f"r50_{flavor}.onnx"
+        assert to_onnx.main(["--ckpt", str(ckpt), "--flavor", flavor, "--out", str(out[flavor]), "--threads", "1"]) == 0
+    return out
