@@ -31,7 +31,7 @@ ROI_ALIGN_ATTRS = ("output_height", "output_width", "sampling_ratio", "base_stri
 NMS_ATTRS = ("iou_threshold", "score_threshold", "max_output_boxes")
 # What TensorRT's ONNX parser must find for each trt-flavor node (runtime/trt/conformance.py checks
 # the exported nodes against it; a test checks it against the registration signatures below).
-PLUGIN_SPECS = (
+PLUGIN_SPECS: Tuple[Dict[str, Any], ...] = (
     {"name": ROI_ALIGN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
      "attributes": {"output_height": "INT", "output_width": "INT", "sampling_ratio": "INT", "base_stride": "INT",
                     "finest_scale": "FLOAT"},

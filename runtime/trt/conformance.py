@@ -292,9 +292,9 @@ def check_onnx(model: Any, *, plugins: Mapping[str, PluginSpec] | None = None) -
         allowed = OPERATOR_TYPES[op]
         for i in TYPED_INPUTS.get(op, tuple(range(len(node.input)))):
             if i < len(node.input) and node.input[i]:
-                dtype = graph.dtype.get(node.input[i])
-                if dtype and dtype != "UNDEFINED" and dtype not in allowed:
-                    add(Finding("error", "input-type", where, op, f"input {i} is {dtype}; TensorRT's {op} takes "
+                in_type = graph.dtype.get(node.input[i])
+                if in_type and in_type != "UNDEFINED" and in_type not in allowed:
+                    add(Finding("error", "input-type", where, op, f"input {i} is {in_type}; TensorRT's {op} takes "
                                 f"{', '.join(allowed)}", SRC_OPS))
         attrs = _attrs(node)
         _check_node(node, where, attrs, graph, add)

@@ -152,6 +152,11 @@ def test_registration_wrappers(monkeypatch):
         aot_params = list(inspect.signature(aot).parameters.values())
         n_in = len(reg_params) - len(attrs)
         assert [p.name for p in reg_params[n_in:]] == list(attrs)  # the ONNX attributes, in order
+        # the table the conformance check reads (runtime/trt/conformance.py) says the same
+        spec = next(s for s in tp.PLUGIN_SPECS if f"{s['namespace']}::{s['name']}" == pid)
+        onnx_type = {int: "INT", float: "FLOAT"}
+        assert {p.name: onnx_type[p.annotation] for p in reg_params[n_in:]} == spec["attributes"]
+        assert len(spec["input_types"]) == n_in
         assert all(p.annotation is _Desc for p in reg_params[:n_in])  # real objects, not strings
         assert all(p.annotation in (int, float) for p in reg_params[n_in:])
         assert [p.name for p in aot_params] == [p.name for p in reg_params] + ["outputs", "tactic"]

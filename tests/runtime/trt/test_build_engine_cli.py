@@ -183,3 +183,28 @@ def test_dry_run_weakly_typed_plan(exported, capsys):
                     "--opt-shape", "2x192x256", "--max-shape", "4x256x256"]) == 0
     out = capsys.readouterr().out
     assert "TensorRT API 10 (weakly typed), fp16, builder flags FP16" in out and "max 4x256x256" in out
+
+
+def test_default_engine_name_is_the_one_the_readme_predicts_with():
+    """Each README build command without --out is followed by a predict command on the file the
+    build writes by default."""
+    import re
+    import shlex
+
+    assert be.default_out(Path("w/model_trt.onnx"), "fp16") == Path("w/model_trt_fp16.engine")
+    assert be.default_out(Path("model_ort.onnx"), "fp32") == Path("model_ort_fp32.engine")
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    lines = [line.split("#")[0].strip() for line in readme.splitlines()]
+    builds = [i for i, line in enumerate(lines) if line.startswith("python runtime/build_engine.py")]
+    checked = 0
+    for i in builds:
+        argv = shlex.split(lines[i])[2:]
+        if "--out" in argv or "--check" in argv or "--dry-run" in argv:
+            continue
+        onnx_path = Path(argv[argv.index("--onnx") + 1])
+        precision = "fp16" if "--fp16" in argv else "int8" if "--int8" in argv else "fp32"
+        engine = str(be.default_out(onnx_path, precision))
+        later = [line for line in lines[i + 1:] if line.startswith("python runtime/predict.py")]
+        assert later and re.search(rf"--model {re.escape(engine)}(\s|$)", later[0]), (lines[i], later[:1])
+        checked += 1
+    assert checked >= 1
