@@ -63,8 +63,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Optional[Tensor], iou_thr
     """boxes (B, N, 4), scores (B, N), groups (B, N) or None -> (selected (B, K) int64 with -1
     padding, num_selected (B,) int64). See batched_nms.md."""
     b = scores.shape[0]
-    selected = torch.full((b, max_output_boxes), -1, dtype=torch.int64)
-    counts = torch.zeros(b, dtype=torch.int64)
+    selected = torch.full((b, max_output_boxes), -1, dtype=torch.int64, device=scores.device)
+    counts = torch.zeros(b, dtype=torch.int64, device=scores.device)
     for i in range(b):
         cand = torch.nonzero(scores[i] > score_threshold).flatten()
         if cand.numel() == 0:

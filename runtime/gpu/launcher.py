@@ -47,7 +47,7 @@ class KernelInfo:
     name: str  # Triton function name
     entry: str  # PTX .entry name
     file: str
-    target: int  # e.g. 87 for sm_87
+    target: int  # e.g. 75 for sm_75
     num_warps: int
     shared: int  # dynamic shared memory bytes to pass at launch
     params: tuple[tuple[str, str], ...]  # (name, type) of every PTX parameter, implicit ones included

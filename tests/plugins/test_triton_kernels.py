@@ -1,6 +1,6 @@
 """The Triton kernels of the TensorRT plugins (plugins/triton_kernels.py) against the numpy
 reference (plugins/reference.py), executed on the CPU by the Triton interpreter, and compiled
-ahead of time for sm_87 / sm_90 (PTX assembled with ptxas) without a GPU.
+ahead of time for every GPU TensorRT 10 supports (PTX assembled with ptxas) without a GPU.
 
 The interpreter needs TRITON_INTERPRET=1 before triton is imported, compilation needs it unset:
 the interpreter runs happen in one child process (this file run as a script), which writes the
