@@ -20,8 +20,9 @@ Checks, in order:
    (``runtime.postprocess.postprocess_single_image``) on the export graph's outputs computed by
    PyTorch on CUDA (small demo model; random "firing" R-50 at 800x1333, ~100 detections):
    identical label maps required; time per image of both.
-3. ``plugin_kernels``: the Triton kernels of the TensorRT plugins (``plugins/triton_kernels.py``)
-   compiled by ``triton.jit`` and launched on CUDA tensors, against ``plugins/reference.py``.
+3. ``plugin_kernels``: the TensorRT plugins' kernels as an engine runs them (the AOT PTX of
+   ``plugins/triton_kernels.compile_kernel`` for this GPU, loaded by the driver, launched with
+   exactly the plugin's arguments) on CUDA tensors, against ``plugins/reference.py``.
 4. ``torch_cuda_vs_cpu``: the export graph on CUDA vs on the CPU (detections matched by IoU,
    relative error of the semantic logits; TF32 off); fails only on a gross mismatch.
 5. ``amp_training_step``: mixed-precision (fp16 autocast + GradScaler) training steps of the
@@ -681,19 +682,66 @@ def nms_cases(quick: bool = False) -> dict[str, dict]:
     return cases
 
 
-_JITTED: dict[str, Any] = {}
+class AotPluginKernel:
+    """A TensorRT plugin kernel exactly as an engine runs it: the PTX that
+    ``plugins.triton_kernels.compile_kernel`` gives TensorRT's AOT plugin for this GPU (the one
+    Triton-to-PTX compiler: hidden parameters stripped, plain target, the target's PTX ISA), JIT-
+    compiled by the driver (cuModuleLoadData) and launched with exactly the plugin's arguments
+    (device pointers, int32 scalars). ``kernel[grid](*args, **constexprs)`` like a Triton kernel."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._loaded: dict[tuple, tuple[Any, Any, Any]] = {}
 
-def jitted_kernel(name: str) -> Any:
-    """The plain kernel function of plugins/triton_kernels.py under triton.jit (compiled for the
-    current GPU at the first launch)."""
-    if name not in _JITTED:
-        import triton
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+        def launch(*args: Any, **constexprs: Any) -> None:
+            self._launch(int(grid[0]), args, constexprs)
+        return launch
 
+    def _function(self, constexprs: dict) -> tuple[Any, Any, Any]:
         from plugins import triton_kernels as tk
+        from plugins.trt_plugins import plugin_target_sm
+        from runtime import cuda
 
-        _JITTED[name] = triton.jit(tk._KERNELS[name])
-    return _JITTED[name]
+        key = tuple(sorted(constexprs.items()))
+        if key not in self._loaded:
+            ctx = cuda.CudaContext(0)  # the primary context, the one PyTorch uses
+            sm = plugin_target_sm({}, gpu_sm=ctx.capability[0] * 10 + ctx.capability[1])
+            kernel = tk.compile_kernel(self.name, sm, dict(constexprs))
+            drv = cuda.driver()
+            module = cuda.check(drv.cuModuleLoadData(kernel.ptx.encode() + b"\0"), "cuModuleLoadData")
+            function = cuda.check(drv.cuModuleGetFunction(module, kernel.entry.encode()), "cuModuleGetFunction")
+            self._loaded[key] = (kernel, module, function)
+        return self._loaded[key]
+
+    def _launch(self, grid_x: int, args: Sequence[Any], constexprs: dict) -> None:
+        import ctypes
+
+        from runtime import cuda
+
+        kernel, _, function = self._function(constexprs)
+        if len(args) != len(kernel.param_types):
+            raise ValueError(f"{self.name}: {len(args)} arguments for {len(kernel.param_types)} PTX parameters")
+        values: list[Any] = []
+        for arg, ptx_type in zip(args, kernel.param_types):
+            if hasattr(arg, "data_ptr"):
+                values.append(ctypes.c_uint64(arg.data_ptr()))
+            elif ptx_type in (".u32", ".s32"):
+                values.append(ctypes.c_int32(int(arg)))  # TensorRT passes int32 scalars
+            else:
+                raise ValueError(f"{self.name}: cannot pass {type(arg).__name__} as {ptx_type}")
+        array = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        cuda.check(cuda.driver().cuLaunchKernel(function, grid_x, 1, 1, 32 * kernel.num_warps, 1, 1, kernel.shared,
+                                                0, ctypes.addressof(array), 0), f"cuLaunchKernel({self.name})")
+
+
+_AOT_KERNELS: dict[str, AotPluginKernel] = {}
+
+
+def aot_plugin_kernel(name: str) -> AotPluginKernel:
+    if name not in _AOT_KERNELS:
+        _AOT_KERNELS[name] = AotPluginKernel(name)
+    return _AOT_KERNELS[name]
 
 
 def _device_tensor(torch: Any, array: np.ndarray, device: str) -> Any:
@@ -704,17 +752,9 @@ def _device_tensor(torch: Any, array: np.ndarray, device: str) -> Any:
     return torch.from_numpy(array.copy()).to(device)
 
 
-def _launch_options(name: str, device: str) -> dict:
-    """Compile options of a real launch: the plugin's warps and no fp contraction, as
-    triton_kernels.compile_kernel compiles them (the interpreter takes none)."""
-    from plugins import triton_kernels as tk
-
-    return {"num_warps": tk.NUM_WARPS[name], "enable_fp_fusion": False} if device == "cuda" else {}
-
-
 def launch_roi_align(torch: Any, case: dict, *, kernel: Any = None, device: str = "cuda") -> np.ndarray:
     """The RoIAlign kernel on ``case`` with the plugin's constexprs and grid -> (K, C, oh, ow).
-    kernel: default the triton.jit version (CUDA); tests pass the interpreted one with device "cpu"."""
+    kernel: default the AOT PTX as TensorRT runs it (CUDA); tests pass the interpreted one with device "cpu"."""
     from plugins import triton_kernels as tk
 
     rois, feats = case["rois"], case["feats"]
@@ -724,8 +764,8 @@ def launch_roi_align(torch: Any, case: dict, *, kernel: Any = None, device: str 
     cx = tk.roi_align_constexprs(case["oh"], case["ow"], case["sampling"], 4, 56.0)
     args = [_device_tensor(torch, rois, device)] + [_device_tensor(torch, f, device) for f in feats] + [k, c]
     args += [int(v) for f in feats for v in f.shape[2:]] + [out]
-    kernel = kernel or jitted_kernel("roi_align_kernel")
-    kernel[(tk.roi_align_grid(k, case["oh"], case["ow"]),)](*args, **cx, **_launch_options("roi_align_kernel", device))
+    kernel = kernel or aot_plugin_kernel("roi_align_kernel")
+    kernel[(tk.roi_align_grid(k, case["oh"], case["ow"]),)](*args, **cx)
     if device == "cuda":
         torch.cuda.synchronize()
     return out[:size].cpu().numpy().reshape(k, c, case["oh"], case["ow"])
@@ -740,10 +780,9 @@ def launch_nms(torch: Any, case: dict, *, kernel: Any = None, device: str = "cud
     cnt = torch.full((b,), 7, dtype=torch.int64, device=device)
     kwargs = {} if case["chunk"] is None else {"chunk": case["chunk"]}
     cx = tk.nms_constexprs(case["iou"], case["thr"], case["k"], **kwargs)
-    kernel = kernel or jitted_kernel("nms_kernel")
+    kernel = kernel or aot_plugin_kernel("nms_kernel")
     kernel[(b,)](_device_tensor(torch, case["boxes"], device), _device_tensor(torch, case["scores"], device),
-                 _device_tensor(torch, np.asarray(case["groups"], np.int64), device), b, n, sel, cnt, **cx,
-                 **_launch_options("nms_kernel", device))
+                 _device_tensor(torch, np.asarray(case["groups"], np.int64), device), b, n, sel, cnt, **cx)
     if device == "cuda":
         torch.cuda.synchronize()
     return sel.cpu().numpy(), cnt.cpu().numpy()

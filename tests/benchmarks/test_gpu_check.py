@@ -271,7 +271,7 @@ for name in ("ties", "zero_row", "empty_n", "k_reached"):
 
 def test_plugin_kernel_launches_under_the_triton_interpreter():
     """launch_roi_align / launch_nms (argument order, constexprs, grid, empty inputs) with the
-    interpreted kernels on the CPU; on a GPU the same helpers launch the triton.jit versions."""
+    interpreted kernels on the CPU; on a GPU the same helpers launch the AOT PTX (AotPluginKernel)."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", INTERPRET.format(root=str(ROOT))], env=env, cwd=ROOT,
@@ -315,3 +315,52 @@ def test_small_exports_and_the_engine_build_command(tmp_path):
             gc._small_engine(ctx)
     image = gc.small_images(1, seed=9)[0]
     assert Predictor(paths["ort"]).predict(image).id_map.shape == image.shape[:2]
+
+
+def test_aot_plugin_kernel_passes_exactly_the_plugins_arguments(monkeypatch):
+    """AotPluginKernel on a recording stand-in for the CUDA driver: the PTX it loads is the one the
+    TensorRT plugin embeds (hidden parameters stripped, plain target for this GPU's SM), and the
+    launch packs device pointers as u64 and scalars as int32, in the signature's order."""
+    if os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("TRITON_INTERPRET is set: triton cannot compile in this process")
+    import ctypes
+    from types import SimpleNamespace
+
+    from plugins import triton_kernels as tk
+    from runtime import cuda
+
+    launches, loaded = [], []
+
+    class Driver:
+        CUresult = SimpleNamespace(CUDA_SUCCESS=0)
+
+        def cuModuleLoadData(self, image):
+            loaded.append(image.decode().rstrip("\0"))
+            return 0, "module"
+
+        def cuModuleGetFunction(self, module, name):
+            return 0, name.decode()
+
+        def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+            n = len(tk.SIGNATURES[fn])
+            array = (ctypes.c_void_p * n).from_address(params)
+            kinds = list(tk.SIGNATURES[fn].values())
+            values = [(ctypes.c_uint64 if t.startswith("*") else ctypes.c_int32).from_address(a).value
+                      for t, a in zip(kinds, array)]
+            launches.append(dict(fn=fn, grid=(gx, gy, gz), block=(bx, by, bz), shared=shared, values=values))
+            return (0,)
+
+    monkeypatch.setattr(cuda, "driver", lambda: Driver())
+    monkeypatch.setattr(cuda, "CudaContext", lambda device=0: SimpleNamespace(capability=(12, 0)))
+    tensor = lambda addr: SimpleNamespace(data_ptr=lambda: addr)
+    kernel = gc.AotPluginKernel("nms_kernel")
+    cx = tk.nms_constexprs(0.5, 0.1, 8)
+    kernel[(3,)](tensor(0x1000), tensor(0x2000), tensor(0x3000), 3, 77, tensor(0x4000), tensor(0x5000), **cx)
+    assert launches == [dict(fn="nms_kernel", grid=(3, 1, 1), block=(32 * tk.NUM_WARPS["nms_kernel"], 1, 1),
+                             shared=launches[0]["shared"], values=[0x1000, 0x2000, 0x3000, 3, 77, 0x4000, 0x5000])]
+    ptx = loaded[0]
+    assert ".target sm_120\n" in ptx and ".version 8.7" in ptx  # what an RTX 50 engine build embeds
+    kernel[(3,)](tensor(0x1000), tensor(0x2000), tensor(0x3000), 3, 77, tensor(0x4000), tensor(0x5000), **cx)
+    assert len(loaded) == 1  # compiled and loaded once per constexpr set
+    with pytest.raises(ValueError, match="arguments"):
+        kernel[(3,)](tensor(0x1000), 3, **cx)
