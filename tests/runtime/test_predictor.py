@@ -134,3 +134,26 @@ def test_metadata_exposed(tiny_onnx):
     pred = Predictor(tiny_onnx)
     assert pred.metadata.flavor == "ort" and pred.metadata.max_long_side == 256
     assert json.dumps(pred.categories.to_json())
+
+
+def test_postprocess_choice_reaches_the_engine_backend(tiny_onnx, tmp_path, monkeypatch):
+    """Predictor(engine, postprocess=...) opens the TensorRT backend with that choice (the backend
+    itself needs a GPU; here a recorder stands in for it)."""
+    from runtime.trt import backend as trt_backend
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, path, **kwargs):
+            seen.append(kwargs)
+            self.metadata = Predictor(tiny_onnx, threads=1).metadata
+            self.name = "tensorrt"
+
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", Recorder)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    for choice in ("auto", "gpu", "cpu"):
+        Predictor(engine, postprocess=choice)
+    assert seen == [{"postprocess": "auto"}, {"postprocess": "gpu"}, {"postprocess": "cpu"}]
+    with pytest.raises(ValueError, match="postprocess must be one of"):
+        Predictor(engine, postprocess="fast")
