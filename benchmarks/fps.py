@@ -5,10 +5,19 @@
     python benchmarks/fps.py --backends pytorch,ort_fp32 --runs 10 --out work_dirs/bench
 
 Per backend: status (ok / skipped with the reason / failed with the error), model file size,
-end-to-end latency median and p90 per image, fps (1 / median), and the median split into
+end-to-end latency min / median / max / p90 per image, fps (1 / median), and the median split into
 pre-processing (decode checks, resize, pad), network and post-processing (pasting, fusion,
 COCO conversion). Warm-up runs are excluded; GPU backends synchronise before the clock stops.
 Writes OUT/fps.json, OUT/fps.md and OUT/fps.png.
+
+Noise: the backends run in interleaved rounds (round r times every backend once over the images
+before round r + 1 starts), so a machine that gets busier slows all of them alike; the speed-up
+over PyTorch is reported per round (min / median / max over the rounds).
+
+The limit: the machine's float32 and u8 x s8 GEMM peaks (ONNX Runtime, the same threads;
+benchmarks/machine_limits.py) are measured before and after the backends (a change over 15 % is
+flagged), the network's GFLOP are counted once (PyTorch's FLOP counter, first image), and each
+backend's network time is reported as achieved G(FL)OP/s and % of the matching peak.
 
 Backends: pytorch, ort_fp32, ort_int8, openvino, trt_fp16, trt_int8 (models are exported /
 quantized / built on first use and cached in --workdir).
@@ -32,6 +41,10 @@ DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
 DEFAULT_IMAGES = Path("data/synthetic/val2017")
 
 
+# the GEMM peak each backend's arithmetic is bounded by (GPU backends: none measured here)
+PEAK_KIND = {"pytorch": "fp32", "ort_fp32": "fp32", "openvino": "fp32", "ort_int8": "int8"}
+
+
 @dataclass
 class FpsRow:
     backend: str
@@ -41,10 +54,16 @@ class FpsRow:
     images: int = 0
     median_ms: float | None = None
     p90_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
     fps: float | None = None
     preprocess_ms: float | None = None
     network_ms: float | None = None
     postprocess_ms: float | None = None
+    round_median_ms: list[float] | None = None  # median latency of each interleaved round
+    peak_kind: str | None = None  # "fp32" / "int8"
+    achieved_gops: float | None = None  # network GFLOP (or GOP) / network time
+    peak_pct: float | None = None  # % of the matching GEMM peak
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -80,39 +99,99 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def measure(target, images: list, runs: int, warmup: int) -> FpsRow:
-    totals, pre, net, post = [], [], [], []
-    for _ in range(warmup):
-        for image in images:
-            target.predictor.predict_timed(image)
-    for _ in range(runs):
-        for image in images:
-            t0 = time.perf_counter()
-            _, timing = target.predictor.predict_timed(image)
-            totals.append(time.perf_counter() - t0)
-            pre.append(timing.preprocess)
-            net.append(timing.network)
-            post.append(timing.postprocess)
-    totals.sort()
+def _row_from_samples(name: str, file_mb: float | None, samples: list[tuple[float, object]],
+                      rounds: list[list[float]]) -> FpsRow:
+    totals = sorted(t for t, _ in samples)
     med = statistics.median(totals)
     p90 = totals[min(len(totals) - 1, int(round(0.9 * (len(totals) - 1))))]
-    return FpsRow(target.name, "ok", file_mb=target.file_size_mb, images=len(totals), median_ms=1000 * med,
-                  p90_ms=1000 * p90, fps=1.0 / med, preprocess_ms=1000 * statistics.median(pre),
-                  network_ms=1000 * statistics.median(net), postprocess_ms=1000 * statistics.median(post))
+    timings = [timing for _, timing in samples]
+    return FpsRow(name, "ok", file_mb=file_mb, images=len(totals), median_ms=1000 * med, p90_ms=1000 * p90,
+                  min_ms=1000 * totals[0], max_ms=1000 * totals[-1], fps=1.0 / med,
+                  preprocess_ms=1000 * statistics.median(t.preprocess for t in timings),
+                  network_ms=1000 * statistics.median(t.network for t in timings),
+                  postprocess_ms=1000 * statistics.median(t.postprocess for t in timings),
+                  round_median_ms=[1000 * statistics.median(r) for r in rounds])
+
+
+def measure_interleaved(targets: list, images: list, runs: int, warmup: int) -> dict[str, FpsRow]:
+    """Time every target over the images in ``runs`` interleaved rounds (after ``warmup`` untimed
+    passes each): round r runs target 1, 2, ... once over all images before round r + 1. A target
+    that raises is reported as failed and left out of later rounds."""
+    samples: dict[str, list] = {t.name: [] for t in targets}
+    rounds: dict[str, list[list[float]]] = {t.name: [] for t in targets}
+    failed: dict[str, FpsRow] = {}
+    for _ in range(warmup):
+        for target in targets:
+            for image in images:
+                target.predictor.predict_timed(image)
+    for r in range(runs):
+        for target in targets:
+            if target.name in failed:
+                continue
+            this_round = []
+            try:
+                for image in images:
+                    t0 = time.perf_counter()
+                    _, timing = target.predictor.predict_timed(image)
+                    elapsed = time.perf_counter() - t0
+                    samples[target.name].append((elapsed, timing))
+                    this_round.append(elapsed)
+            except Exception as e:
+                failed[target.name] = FpsRow(target.name, "failed", f"{type(e).__name__}: {e}",
+                                             file_mb=target.file_size_mb)
+                continue
+            rounds[target.name].append(this_round)
+            print(f"[round {r + 1}/{runs}] {target.name} {1000 * statistics.median(this_round):.1f} ms", flush=True)
+    out = {}
+    for target in targets:
+        out[target.name] = failed.get(target.name) or _row_from_samples(target.name, target.file_size_mb,
+                                                                        samples[target.name], rounds[target.name])
+    return out
+
+
+def add_limits(rows: list[FpsRow], gflop: float | None, peaks: dict) -> None:
+    """Fill achieved G(FL)OP/s and % of the matching peak (network time) into the ok rows."""
+    from benchmarks.machine_limits import percent_of_peak
+
+    for r in rows:
+        kind = PEAK_KIND.get(r.backend)
+        if r.status != "ok" or kind is None:
+            continue
+        r.peak_kind = kind
+        r.achieved_gops, r.peak_pct = percent_of_peak(gflop, r.network_ms, peaks.get(kind))
+
+
+def round_speedups(rows: list[FpsRow], baseline: str = "pytorch") -> dict[str, dict[str, float]]:
+    """Per backend, the speed-up over ``baseline`` in each round (median latency of the round) ->
+    {"min", "median", "max"} over the rounds."""
+    base = next((r for r in rows if r.backend == baseline and r.status == "ok"), None)
+    if base is None or not base.round_median_ms:
+        return {}
+    out = {}
+    for r in rows:
+        if r.status != "ok" or not r.round_median_ms or r.backend == baseline:
+            continue
+        ratios = [b / x for b, x in zip(base.round_median_ms, r.round_median_ms)]
+        out[r.backend] = {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)}
+    return out
 
 
 def format_table(rows: list[FpsRow]) -> str:
-    head = ("| backend | status | file MB | median ms | p90 ms | fps | pre ms | network ms | post ms | post % |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| backend | status | file MB | median ms | min / max ms | p90 ms | fps | pre ms | network ms | post ms "
+            "| post % | network G(FL)OP/s | % of peak |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         if r.status != "ok":
             lines.append(f"| {r.backend} | {r.status}: {r.reason} | {'' if r.file_mb is None else f'{r.file_mb:.1f}'}"
-                         " | | | | | | | |")
+                         " | | | | | | | | | | |")
             continue
         share = 100 * r.postprocess_ms / r.median_ms if r.median_ms else 0
-        lines.append(f"| {r.backend} | ok | {r.file_mb or 0:.1f} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.fps:.2f} | "
-                     f"{r.preprocess_ms:.1f} | {r.network_ms:.1f} | {r.postprocess_ms:.1f} | {share:.1f} |")
+        rate = "" if r.achieved_gops is None else f"{r.achieved_gops:.0f}"
+        pct = "" if r.peak_pct is None else f"{r.peak_pct:.0f} % of {r.peak_kind}"
+        lines.append(f"| {r.backend} | ok | {r.file_mb or 0:.1f} | {r.median_ms:.1f} | {r.min_ms:.0f} / {r.max_ms:.0f} | "
+                     f"{r.p90_ms:.1f} | {r.fps:.2f} | {r.preprocess_ms:.1f} | {r.network_ms:.1f} | "
+                     f"{r.postprocess_ms:.1f} | {share:.1f} | {rate} | {pct} |")
     return "\n".join(lines)
 
 
@@ -170,42 +249,83 @@ def main(argv: list[str] | None = None) -> int:
     calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
     calib_paths = _save_calibration(calib, calib_dir)
 
-    rows = []
+    from benchmarks.machine_limits import busier, gemm_peak
+
+    print("[limits] GEMM peaks before the backends ...", flush=True)
+    peaks = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
+    prepared, skipped = [], {}
     for done, name in enumerate(backends):
         print(progress_line(done, len(backends), next=name), flush=True)
         print(f"[{name}] preparing ...", flush=True)
         target = make_target(name, ckpt=ckpt, workdir=workdir, threads=args.threads, calib_images=calib_paths,
                              calib_dir=calib_dir)
         if target.status != "ok":
-            rows.append(FpsRow(name, target.status, target.reason, file_mb=target.file_size_mb))
+            skipped[name] = FpsRow(name, target.status, target.reason, file_mb=target.file_size_mb)
             print(f"[{name}] {target.status}: {target.reason}", flush=True)
             continue
-        try:
-            row = measure(target, images, args.runs, args.warmup)
-        except Exception as e:
-            row = FpsRow(name, "failed", f"{type(e).__name__}: {e}", file_mb=target.file_size_mb)
-        rows.append(row)
-        print(f"[{name}] {row.status} {'' if row.median_ms is None else f'{row.median_ms:.1f} ms'}", flush=True)
+        prepared.append(target)
     print(progress_line(len(backends), len(backends)), flush=True)
+    measured = measure_interleaved(prepared, images, args.runs, args.warmup)
+    rows = [measured.get(name) or skipped[name] for name in backends]
+    peaks_after = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
+    load_warnings = [w for w in (busier(peaks[k], peaks_after[k]) for k in peaks) if w]
+    for w in load_warnings:
+        print(f"warning: {w}", flush=True)
+    gflop = _count_gflop(ckpt, images[0], prepared)
+    add_limits(rows, gflop["total"] if gflop else None, peaks)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     what = f"{ckpt.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}, {args.threads} threads"
     table = format_table(rows)
     ups = speedups(rows)
+    per_round = round_speedups(rows)
     md = [f"# fps: {what}", "", table, ""]
+    peak_line = (f"Machine limit ({args.threads} threads, ONNX Runtime {peaks['fp32'].size}^3 GEMM, best of 5): "
+                 f"float32 {peaks['fp32'].best_per_s:.0f} GFLOP/s (after the backends "
+                 f"{peaks_after['fp32'].best_per_s:.0f}), u8 x s8 {peaks['int8'].best_per_s:.0f} GOP/s (after "
+                 f"{peaks_after['int8'].best_per_s:.0f}); network "
+                 + (f"{gflop['total']:.1f} GFLOP per image (first image)" if gflop else "GFLOP not counted"))
+    md += [peak_line, ""] + [f"Warning: {w}" for w in load_warnings]
     if ups:
         md.append("Speed-up over the PyTorch eager predictor (median latency): "
                   + ", ".join(f"{k} {v:.2f}x" for k, v in ups.items() if k != "pytorch"))
+    if per_round:
+        md.append(f"Per round ({args.runs} interleaved rounds, min / median / max): "
+                  + ", ".join(f"{k} {v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f}x" for k, v in per_round.items()))
     (out / "fps.md").write_text("\n".join(md) + "\n")
-    (out / "fps.json").write_text(json.dumps({"what": what, "rows": [asdict(r) for r in rows], "speedup": ups},
-                                             indent=2))
+    (out / "fps.json").write_text(json.dumps({
+        "what": what, "rows": [asdict(r) for r in rows], "speedup": ups, "speedup_per_round": per_round,
+        "gemm_peak_before": {k: v.to_dict() for k, v in peaks.items()},
+        "gemm_peak_after": {k: v.to_dict() for k, v in peaks_after.items()},
+        "load_warnings": load_warnings, "network_gflop": gflop}, indent=2))
     plot(rows, out / "fps.png", f"Panoptic FPN latency: {what}")
     print(table)
-    if ups:
-        print(md[-1])
+    for line in md[4:]:
+        if line:
+            print(line)
     print(f"wrote {out / 'fps.json'}, {out / 'fps.md'}, {out / 'fps.png'}")
     return 1 if any(r.status == "failed" for r in rows) else 0
+
+
+def _count_gflop(ckpt: Path, image, prepared: list) -> dict | None:
+    """The network's GFLOP on ``image`` (PyTorch's FLOP counter on the PyTorch model), or None
+    when PyTorch cannot load the checkpoint."""
+    from benchmarks.machine_limits import network_flops
+
+    try:
+        from training.predictor import PanopticPredictor
+
+        torch_target = next((t for t in prepared if t.name == "pytorch"), None)
+        predictor = torch_target.predictor.predictor if torch_target is not None else \
+            PanopticPredictor.from_checkpoint(ckpt)
+        from runtime.images import load_image
+
+        batch = predictor.prepare([load_image(image)])
+        return network_flops(predictor.model, batch.images, batch.image_sizes)
+    except Exception as e:  # the limits are a report, never a reason to fail the benchmark
+        print(f"warning: network FLOPs not counted ({type(e).__name__}: {e})", flush=True)
+        return None
 
 
 def _save_calibration(images: list, folder: Path) -> list[Path]:

@@ -17,7 +17,7 @@ def _run(script, *args):
 
 def test_fps_smoke(tiny_checkpoint, synthetic_root, tmp_path):
     proc = _run("fps.py", "--ckpt", tiny_checkpoint, "--images", synthetic_root / "val2017", "--count", "1",
-                "--runs", "1", "--warmup", "0", "--threads", "1", "--backends", "pytorch,ort_fp32,trt_fp16",
+                "--runs", "2", "--warmup", "0", "--threads", "1", "--backends", "pytorch,ort_fp32,trt_fp16",
                 "--workdir", tmp_path / "deploy", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((tmp_path / "out" / "fps.json").read_text())
@@ -28,12 +28,22 @@ def test_fps_smoke(tiny_checkpoint, synthetic_root, tmp_path):
         assert r["status"] == "ok" and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["fps"] > 0
         assert abs(r["preprocess_ms"] + r["network_ms"] + r["postprocess_ms"] - r["median_ms"]) < 0.5 * r["median_ms"]
         assert r["file_mb"] > 0
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and len(r["round_median_ms"]) == 2  # interleaved rounds
+        assert r["peak_kind"] == "fp32" and r["achieved_gops"] > 0 and 0 < r["peak_pct"]
+        # achieved rate = counted GFLOP / network time, against the measured fp32 peak
+        gflop, peak = data["network_gflop"]["total"], data["gemm_peak_before"]["fp32"]["best_per_s"]
+        assert abs(r["achieved_gops"] - gflop / (r["network_ms"] / 1000)) < 1e-6 * r["achieved_gops"]
+        assert abs(r["peak_pct"] - 100 * r["achieved_gops"] / peak) < 1e-6 * r["peak_pct"]
+    assert set(data["gemm_peak_after"]) == {"fp32", "int8"} and data["network_gflop"]["total"] > 0
+    per_round = data["speedup_per_round"]["ort_fp32"]
+    assert per_round["min"] <= per_round["median"] <= per_round["max"]
     trt = rows["trt_fp16"]
     if trt["status"] == "skipped":  # no GPU / TensorRT here: the reason is given
         assert "TensorRT" in trt["reason"] or "GPU" in trt["reason"]
     assert "ort_fp32" in data["speedup"]
     md = (tmp_path / "out" / "fps.md").read_text()
-    assert "| backend | status | file MB | median ms | p90 ms | fps |" in md and "skipped" in md
+    assert "| backend | status | file MB | median ms | min / max ms | p90 ms | fps |" in md and "skipped" in md
+    assert "Machine limit" in md and "% of fp32" in md
     assert (tmp_path / "out" / "fps.png").stat().st_size > 1000
 
 
