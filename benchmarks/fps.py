@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
     calib_paths = _save_calibration(calib, calib_dir)
 
-    from benchmarks.machine_limits import busier, gemm_peak
+    from benchmarks.machine_limits import busier, gemm_peak, provenance
 
     print("[limits] GEMM peaks before the backends ...", flush=True)
     peaks = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "what": what, "rows": [asdict(r) for r in rows], "speedup": ups, "speedup_per_round": per_round,
         "gemm_peak_before": {k: v.to_dict() for k, v in peaks.items()},
         "gemm_peak_after": {k: v.to_dict() for k, v in peaks_after.items()},
-        "load_warnings": load_warnings, "network_gflop": gflop}, indent=2))
+        "load_warnings": load_warnings, "network_gflop": gflop, "provenance": provenance(),
+        "command": "python benchmarks/fps.py " + " ".join(sys.argv[1:] if argv is None else argv)}, indent=2))
     plot(rows, out / "fps.png", f"Panoptic FPN latency: {what}")
     print(table)
     for line in md[4:]:

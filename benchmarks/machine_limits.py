@@ -14,11 +14,18 @@ or int8 peak that matches its arithmetic.
 """
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import subprocess
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PEAK_SIZE = 1536  # n x n x n: large enough to run at the kernels' steady rate, short enough to repeat
 
@@ -115,3 +122,39 @@ def percent_of_peak(gflop: float | None, network_ms: float | None, peak: GemmPea
         return None, None
     achieved = gflop / (network_ms / 1000.0)
     return achieved, 100.0 * achieved / peak.best_per_s
+
+
+def provenance() -> dict:
+    """Where a measurement comes from: commit (``+dirty`` with uncommitted changes), UTC date,
+    CPU model and cores, Python and the libraries the backends run on."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for module in ("torch", "onnxruntime", "openvino", "numpy", "cv2"):
+        try:
+            versions[module] = getattr(__import__(module), "__version__", "?")
+        except Exception:
+            versions[module] = None
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+
+
+def describe_machine(prov: dict) -> str:
+    """One line: cores, CPU, Python and library versions of a :func:`provenance` record."""
+    libs = ", ".join(f"{k} {v}" if v else f"{k} (not installed)" for k, v in prov["versions"].items())
+    return f"{prov['cores']} CPU cores ({prov['cpu']}), Python {prov['python']}, {libs}"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
+
+from benchmarks.machine_limits import describe_machine, provenance
 
 # targets of the deployment (issue 5): measured side by side on one machine, same weights
 TARGET_ORT_FP32 = 1.5  # x PyTorch eager, end to end
@@ -22,25 +22,6 @@ def _load(path: Path) -> Any:
 
 def _rows(data: Any) -> dict[str, dict]:
     return {r["backend"]: r for r in (data or {}).get("rows", [])}
-
-
-def _machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = []
-    for mod in ("torch", "onnxruntime", "openvino", "numpy", "cv2"):
-        try:
-            m = __import__(mod)
-            versions.append(f"{mod} {getattr(m, '__version__', '?')}")
-        except Exception:
-            versions.append(f"{mod} (not installed)")
-    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, " + ", ".join(versions)
 
 
 def _loss_plot(log: Path, out: Path) -> bool:
@@ -125,7 +106,7 @@ def write_report(paths, step_seconds: dict[str, float]) -> Path:
     evaluation = _load(paths.eval)
     has_loss = _loss_plot(paths.tiny / "log.jsonl", out / "training_loss.png")
     md = ["# Panoptic FPN: train, export, deploy — report", "",
-          f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} on {_machine()}.", ""]
+          f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} on {describe_machine(provenance())}.", ""]
     md += ["## Targets", "", *_target_lines(_rows(r50_fps), _rows(pq)), "",
            "R-50 weights are random (biased to detect ~100 instances: the worst case for post-processing): "
            "no published weights can be downloaded here, and speed does not depend on the weights. PQ numbers "
