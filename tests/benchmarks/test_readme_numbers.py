@@ -1,0 +1,45 @@
+"""The README's machine-limit table says what its committed JSON says (benchmarks/results)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = {"PyTorch eager": "pytorch", "ONNX Runtime fp32": "ort_fp32", "ONNX Runtime int8": "ort_int8",
+         "OpenVINO f32": "openvino"}
+
+
+def _table_after(text: str, heading: str) -> list[list[str]]:
+    rows, started = [], False
+    for line in text[text.index(heading):].splitlines():
+        if line.startswith("|"):
+            started = True
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif started:
+            break
+    assert len(rows) > 2, heading
+    return rows[2:]  # after the header and the separator
+
+
+def test_machine_limit_table_matches_its_json():
+    readme = (ROOT / "README.md").read_text()
+    data = json.loads((ROOT / "benchmarks" / "results" / "fps_r50_limits.json").read_text())
+    assert {"commit", "date", "cpu", "versions"} <= set(data["provenance"]) and data["command"]
+    rows = {r["backend"]: r for r in data["rows"]}
+    table = _table_after(readme, "**The machine's limit**")
+    assert [NAMES[cells[0]] for cells in table] == list(NAMES.values())
+    for cells in table:
+        r = rows[NAMES[cells[0]]]
+        med, lo, hi = (float(v) for v in re.findall(r"[\d.]+", cells[1]))
+        assert (med, lo, hi) == (round(r["median_ms"]), round(r["min_ms"]), round(r["max_ms"]))
+        assert float(cells[2]) == round(r["network_ms"]) and float(cells[3]) == round(r["achieved_gops"])
+        assert cells[4] == f"{round(r['peak_pct'])} % {r['peak_kind']}"
+        assert float(cells[6]) == round(r["postprocess_ms"])
+        if r["backend"] != "pytorch":
+            ratios = data["speedup_per_round"][r["backend"]]
+            assert cells[5] == f"{ratios['min']:.2f} / {ratios['median']:.2f} / {ratios['max']:.2f}x"
+    peaks = data["gemm_peak_before"], data["gemm_peak_after"]
+    assert f"float32 {peaks[0]['fp32']['best_per_s']:.0f} GFLOP/s" in readme
+    assert f"u8 x s8 {peaks[0]['int8']['best_per_s']:.0f} / {peaks[1]['int8']['best_per_s']:.0f} GOP/s" in readme
+    assert f"{data['network_gflop']['total']:.1f} GFLOP per image" in readme
