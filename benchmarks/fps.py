@@ -64,6 +64,7 @@ class FpsRow:
     peak_kind: str | None = None  # "fp32" / "int8"
     achieved_gops: float | None = None  # network GFLOP (or GOP) / network time
     peak_pct: float | None = None  # % of the matching GEMM peak
+    op_profile: list[dict] | None = None  # ONNX Runtime backends: ms per image per op type (first image)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -159,6 +160,20 @@ def add_limits(rows: list[FpsRow], gflop: float | None, peaks: dict) -> None:
             continue
         r.peak_kind = kind
         r.achieved_gops, r.peak_pct = percent_of_peak(gflop, r.network_ms, peaks.get(kind))
+
+
+def add_op_profiles(rows: list[FpsRow], targets: list, images: list, threads: int) -> None:
+    """Per-op-type profile (benchmarks/op_profile.py) of the ONNX Runtime backends' networks."""
+    from benchmarks.op_profile import onnx_op_profile
+
+    files = {t.name: t.model_file for t in targets if t.name.startswith("ort_") and t.model_file}
+    for r in rows:
+        if r.status == "ok" and r.backend in files:
+            print(f"[{r.backend}] per-op profile ...", flush=True)
+            try:
+                r.op_profile = onnx_op_profile(files[r.backend], images, threads=threads)[:12]
+            except Exception as e:  # a report, never a reason to fail the benchmark
+                print(f"warning: {r.backend}: no per-op profile ({type(e).__name__}: {e})", flush=True)
 
 
 def round_speedups(rows: list[FpsRow], baseline: str = "pytorch") -> dict[str, dict[str, float]]:
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w}", flush=True)
     gflop = _count_gflop(ckpt, images[0], prepared)
     add_limits(rows, gflop["total"] if gflop else None, peaks)
+    add_op_profiles(rows, prepared, images[:1], args.threads)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     if per_round:
         md.append(f"Per round ({args.runs} interleaved rounds, min / median / max): "
                   + ", ".join(f"{k} {v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f}x" for k, v in per_round.items()))
+    from benchmarks.op_profile import format_profile
+
+    for r in rows:
+        if r.op_profile:
+            md.append(f"Where {r.backend}'s network time goes (ONNX Runtime profiler, ms per image): "
+                      + format_profile(r.op_profile))
     (out / "fps.md").write_text("\n".join(md) + "\n")
     (out / "fps.json").write_text(json.dumps({
         "what": what, "rows": [asdict(r) for r in rows], "speedup": ups, "speedup_per_round": per_round,
