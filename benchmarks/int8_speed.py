@@ -17,12 +17,9 @@ top ``--top`` op types and nodes by kernel time.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -90,41 +87,16 @@ def time_models(models: list, image: np.ndarray, runs: int, warmup: int) -> dict
 
 
 def profile_ops(path: Path, image: np.ndarray, threads: int, top: int) -> dict:
-    """Kernel time per op type and per node of one run (after a warm-up run)."""
-    import onnxruntime as ort
+    """Kernel time per op type and per node of one run (after a warm-up run), from
+    benchmarks/op_profile.py."""
+    from benchmarks.op_profile import aggregate_nodes, aggregate_trace, profile_events
 
-    from runtime.backends import _read_onnx_metadata
-    from runtime.preprocess import prepare_batch
-
-    meta = _read_onnx_metadata(path)
-    batch, sizes, _ = prepare_batch([image], meta.max_long_side, meta.max_short_side, meta.size_divisor)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as work:
-        options.profile_file_prefix = os.path.join(work, "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {"images": batch, "image_sizes": sizes}
-        session.run(None, feeds)
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        wall = time.perf_counter() - t0
-        with open(session.end_profiling()) as f:
-            events = json.load(f)
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    start = runs[-1]["ts"] if runs else 0
-    by_type: collections.Counter = collections.Counter()
-    by_node: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
-            op = e.get("args", {}).get("op_name", "?")
-            by_type[op] += e["dur"]
-            by_node[(e["name"][: -len("_kernel_time")], op)] += e["dur"]
-    total = sum(by_type.values())
-    return {"wall_s": wall, "kernel_s": total / 1e6,
-            "op_types": [(op, us / 1e6) for op, us in by_type.most_common(top)],
-            "nodes": [(name, op, us / 1e6) for (name, op), us in by_node.most_common(top)]}
+    events, wall = profile_events(path, [image], threads=threads)
+    types = aggregate_trace(events, skip_runs=1)
+    nodes = aggregate_nodes(events, skip_runs=1)
+    return {"wall_s": wall, "kernel_s": sum(r["ms"] for r in types) / 1000,
+            "op_types": [(r["op"], r["ms"] / 1000) for r in types[:top]],
+            "nodes": [(r["node"], r["op"], r["ms"] / 1000) for r in nodes[:top]]}
 
 
 def print_profile(label: str, prof: dict) -> None:
