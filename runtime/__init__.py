@@ -1,7 +1,7 @@
 """Torch-free Panoptic FPN runtime: ``from runtime import Predictor``.
 
-Needs numpy, opencv and onnxruntime; TensorRT engines additionally need tensorrt and
-cuda-python. Nothing here imports torch.
+Needs numpy, opencv and onnxruntime; TensorRT engines additionally need TensorRT 10 and
+cuda-bindings 12 (``pip install ".[gpu]"``). Nothing here imports torch.
 """
 from __future__ import annotations
 
