@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     calib = default_images(args.calib_count, size, None)
     workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
     calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
-    calib_paths = _save_calibration(calib, calib_dir)
+    calib_paths = save_calibration(calib, calib_dir)
 
     from benchmarks.machine_limits import busier, gemm_peak, provenance
 
@@ -351,7 +351,7 @@ def _count_gflop(ckpt: Path, image, prepared: list) -> dict | None:
         return None
 
 
-def _save_calibration(images: list, folder: Path) -> list[Path]:
+def save_calibration(images: list, folder: Path) -> list[Path]:
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)

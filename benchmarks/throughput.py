@@ -1,0 +1,201 @@
+"""Throughput, not only latency: images per second over a set of images for several batch sizes
+and process x thread layouts, and the peak resident memory of each.
+
+    python benchmarks/throughput.py --ckpt work_dirs/tiny/final.pt --backends ort_fp32,ort_int8
+    python benchmarks/throughput.py --ckpt work_dirs/r50/r50_random.pth --size 480x800 --count 8 \\
+        --batch-sizes 1,2,4 --layouts 1x2,2x1
+
+Every configuration runs in fresh worker processes (spawned, so peak memory is the
+configuration's own): P processes with T threads each (layout PxT) share the images, each opens
+its own predictor with ``batch_size`` images per network call; all start together once every
+worker has loaded its model, and images / s = images / (last finish - start). Batch sizes are
+measured with one process using all threads (1 x threads); layouts with batch size 1. Peak memory
+is the largest ``ru_maxrss`` of the configuration's workers (model, arena and buffers included).
+
+Backends: those of benchmarks/fps.py that open a runtime Predictor (ort_fp32, ort_int8,
+openvino) and pytorch (batch size 1 only: the PyTorch predictor takes one image per call here).
+Models come from the same cache as fps.py (--workdir). Writes OUT/throughput.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RUNTIME_BACKENDS = ("ort_fp32", "ort_int8", "openvino")
+
+
+@dataclass
+class ThroughputRow:
+    backend: str
+    batch_size: int
+    processes: int
+    threads: int
+    images: int
+    seconds: float
+    images_per_s: float
+    peak_rss_mb: float  # the largest worker's peak resident memory
+    total_rss_mb: float  # summed over the workers: what the configuration takes of the machine
+
+
+def parse_layouts(text: str) -> list[tuple[int, int]]:
+    """'1x2,2x1' -> [(1, 2), (2, 1)] (processes x threads)."""
+    out = []
+    for item in text.split(","):
+        try:
+            p, t = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            raise ValueError(f"layout {item!r} must look like 2x1 (processes x threads)") from None
+        if p < 1 or t < 1:
+            raise ValueError(f"layout {item!r}: processes and threads must be >= 1")
+        out.append((p, t))
+    return out
+
+
+def _worker(backend: str, model: str, threads: int, batch_size: int, images: list, ready, start, results) -> None:
+    """One worker: open the predictor, say ready, wait for the start, run its images."""
+    from benchmarks.targets import env_threads
+
+    env_threads(threads)
+    if backend == "pytorch":
+        from benchmarks.targets import TorchTarget
+
+        target = TorchTarget(Path(model), threads)
+        run = lambda chunk: [target.predict(im) for im in chunk]  # noqa: E731
+    else:
+        from runtime.predictor import Predictor
+
+        predictor = Predictor(model, backend="openvino" if backend == "openvino" else None, threads=threads,
+                              batch_size=batch_size)
+        run = predictor.predict_batch
+    run(images[:batch_size])  # warm-up
+    ready.put(1)
+    start.wait()
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        run(images[i:i + batch_size])
+    results.put((time.perf_counter() - t0, time.perf_counter(), len(images),
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))
+
+
+def measure_config(backend: str, model: Path, images: Sequence, *, processes: int, threads: int,
+                   batch_size: int) -> ThroughputRow:
+    """images / s of one configuration (see the module docstring)."""
+    ctx = mp.get_context("spawn")
+    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    shares = [list(images[i::processes]) for i in range(processes)]
+    workers = [ctx.Process(target=_worker, args=(backend, str(model), threads, batch_size, share, ready, start,
+                                                 results), daemon=True) for share in shares if share]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=900)
+    t_start = time.perf_counter()
+    start.set()
+    outs = [results.get(timeout=3600) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    seconds = max(end for _, end, _, _ in outs) - t_start
+    count = sum(n for _, _, n, _ in outs)
+    return ThroughputRow(backend=backend, batch_size=batch_size, processes=len(workers), threads=threads,
+                         images=count, seconds=seconds, images_per_s=count / seconds,
+                         peak_rss_mb=max(rss for _, _, _, rss in outs), total_rss_mb=sum(rss for _, _, _, rss in outs))
+
+
+def run_throughput(*, ckpt: Path, backends: Sequence[str], images: Sequence, batch_sizes: Sequence[int],
+                   layouts: Sequence[tuple[int, int]], threads: int, workdir: Path, calib_images: Sequence[Path]
+                   ) -> list[ThroughputRow]:
+    """Every backend x (batch sizes at 1 x threads, layouts at batch 1)."""
+    from benchmarks.targets import make_target
+
+    rows = []
+    for name in backends:
+        if name not in RUNTIME_BACKENDS + ("pytorch",):
+            raise ValueError(f"throughput measures {', '.join(('pytorch',) + RUNTIME_BACKENDS)}, not {name!r}")
+        target = make_target(name, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib_images)
+        if target.status != "ok":
+            print(f"[{name}] {target.status}: {target.reason}", flush=True)
+            continue
+        model = target.model_file
+        del target  # the workers open their own
+        configs = [(1, threads, b) for b in batch_sizes if name != "pytorch" or b == 1]
+        configs += [(p, t, 1) for p, t in layouts if (p, t) != (1, threads) or 1 not in batch_sizes]
+        for processes, t, batch in configs:
+            row = measure_config(name, model, images, processes=processes, threads=t, batch_size=batch)
+            print(f"[{name}] batch {batch}, {processes}x{t}: {row.images_per_s:.2f} images/s, peak "
+                  f"{row.peak_rss_mb:.0f} MB per process, {row.total_rss_mb:.0f} MB in all", flush=True)
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[ThroughputRow]) -> str:
+    lines = ["| backend | batch | processes x threads | images | seconds | images / s | peak RSS MB per process "
+             "| all processes MB |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.backend} | {r.batch_size} | {r.processes}x{r.threads} | {r.images} | {r.seconds:.2f} | "
+                     f"{r.images_per_s:.2f} | {r.peak_rss_mb:.0f} | {r.total_rss_mb:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES, parse_size
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
+    p.add_argument("--backends", default="ort_fp32,ort_int8", help="comma-separated: pytorch, " + ", ".join(RUNTIME_BACKENDS))
+    p.add_argument("--images", help=f"folder of images (default {DEFAULT_IMAGES} when it exists and no --size)")
+    p.add_argument("--size", help="generate synthetic images of this HxW instead")
+    p.add_argument("--count", type=int, default=8, help="images per configuration (default 8)")
+    p.add_argument("--batch-sizes", default="1,2,4", help="batch sizes at 1 x --threads (default 1,2,4)")
+    p.add_argument("--layouts", default="1x2,2x1", help="processes x threads at batch 1 (default 1x2,2x1)")
+    p.add_argument("--threads", type=int, default=2, help="threads of the single-process configurations")
+    p.add_argument("--calib-count", type=int, default=16, help="calibration images for ort_int8")
+    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy, as fps.py)")
+    p.add_argument("--out", default="work_dirs/bench", help="folder for throughput.json / .md")
+    args = p.parse_args(argv)
+
+    import cv2
+
+    from benchmarks.fps import save_calibration
+    from benchmarks.machine_limits import provenance
+    from benchmarks.targets import checked_cli_inputs, default_images
+
+    try:
+        ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
+        layouts = parse_layouts(args.layouts)
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = parse_size(args.size)
+    folder = Path(args.images) if args.images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)
+    images = [cv2.imread(str(im)) if isinstance(im, Path) else im for im in default_images(args.count, size, folder)]
+    workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
+    calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
+    calib = save_calibration(default_images(args.calib_count, size, None), calib_dir)
+    rows = run_throughput(ckpt=ckpt, backends=backends, images=images, batch_sizes=batch_sizes, layouts=layouts,
+                          threads=args.threads, workdir=workdir, calib_images=calib)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(rows)
+    what = f"{ckpt.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}"
+    (out / "throughput.md").write_text(f"# throughput: {what}\n\n{table}\n")
+    (out / "throughput.json").write_text(json.dumps({
+        "what": what, "rows": [asdict(r) for r in rows], "provenance": provenance(),
+        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}, indent=2))
+    print(table)
+    print(f"wrote {out / 'throughput.json'}, {out / 'throughput.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
