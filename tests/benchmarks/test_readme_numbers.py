@@ -43,3 +43,15 @@ def test_machine_limit_table_matches_its_json():
     assert f"float32 {peaks[0]['fp32']['best_per_s']:.0f} GFLOP/s" in readme
     assert f"u8 x s8 {peaks[0]['int8']['best_per_s']:.0f} / {peaks[1]['int8']['best_per_s']:.0f} GOP/s" in readme
     assert f"{data['network_gflop']['total']:.1f} GFLOP per image" in readme
+
+
+def test_throughput_table_matches_its_json():
+    readme = (ROOT / "README.md").read_text()
+    data = json.loads((ROOT / "benchmarks" / "results" / "throughput_r50.json").read_text())
+    assert {"commit", "date", "cpu", "versions"} <= set(data["provenance"]) and data["command"]
+    table = _table_after(readme, "**Throughput**")
+    assert len(table) == len(data["rows"])
+    for cells, r in zip(table, data["rows"]):
+        assert NAMES[cells[0]] == r["backend"] and int(cells[1]) == r["batch_size"]
+        assert cells[2] == f"{r['processes']}x{r['threads']}" and cells[3] == f"{r['images_per_s']:.2f}"
+        assert int(cells[4]) == round(r["peak_rss_mb"]) and int(cells[5]) == round(r["total_rss_mb"])
