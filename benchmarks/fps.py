@@ -42,7 +42,7 @@ DEFAULT_IMAGES = Path("data/synthetic/val2017")
 
 
 # the GEMM peak each backend's arithmetic is bounded by (GPU backends: none measured here)
-PEAK_KIND = {"pytorch": "fp32", "ort_fp32": "fp32", "openvino": "fp32", "ort_int8": "int8"}
+PEAK_KIND = {"pytorch": "fp32", "mmdet": "fp32", "ort_fp32": "fp32", "openvino": "fp32", "ort_int8": "int8"}
 
 
 @dataclass

@@ -41,15 +41,16 @@ class PQRow:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from benchmarks.targets import BACKEND_HELP, BACKENDS
+    from benchmarks.targets import BACKEND_HELP, RESULT_BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
     p.add_argument("--data-root", default=str(DEFAULT_DATA), help=f"COCO panoptic dataset root (default {DEFAULT_DATA})")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    p.add_argument("--backends", default=",".join(BACKENDS),
-                   help="comma-separated, any of: " + "; ".join(f"{k} = {v}" for k, v in BACKEND_HELP.items()))
+    p.add_argument("--backends", default=",".join(RESULT_BACKENDS),
+                   help="comma-separated, any of: " + "; ".join(f"{k} = {v}" for k, v in BACKEND_HELP.items()
+                                                                if k in RESULT_BACKENDS))
     p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
     p.add_argument("--calib-count", type=int, default=32, help="training images used to calibrate int8")
     p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy)")

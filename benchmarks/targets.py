@@ -24,7 +24,10 @@ from runtime.result import PanopticResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BACKENDS = ("pytorch", "ort_fp32", "ort_int8", "openvino", "trt_fp16", "trt_int8")
+BACKENDS = ("pytorch", "ort_fp32", "ort_int8", "openvino", "trt_fp16", "trt_int8", "mmdet")
+# the backends that return panoptic results (mmdet is a timing row: its results are compared with
+# ours by the parity tests, tests/reference)
+RESULT_BACKENDS = tuple(b for b in BACKENDS if b != "mmdet")
 BACKEND_HELP = {
     "pytorch": "PyTorch eager predictor (training/predictor.py)",
     "ort_fp32": "ONNX Runtime CPU, ort-flavor export, float32",
@@ -32,6 +35,8 @@ BACKEND_HELP = {
     "openvino": "OpenVINO CPU (f32) on the ort-flavor export",
     "trt_fp16": "TensorRT FP16 engine + CUDA post-processing (needs a GPU and TensorRT)",
     "trt_int8": "TensorRT INT8 engine + CUDA post-processing (needs a GPU and TensorRT)",
+    "mmdet": "mmdetection 3.3 itself (what a user would run instead), where the parity tests' reference "
+             "environment is installed (make reference) and the checkpoint is in the published layout",
 }
 
 
@@ -64,6 +69,71 @@ class RuntimeTarget:
 
     def predict(self, image) -> PanopticResult:
         return self.predictor.predict(image)
+
+
+class MmdetTarget:
+    """mmdetection 3.3 in its own process (tests/reference/run_mmdet.py serve, the parity tests'
+    reference environment), timed by that process: pre-processing = its test pipeline (load,
+    resize, pack), network = ``test_step`` (data pre-processor, network and fusion together)."""
+
+    def __init__(self, ckpt: Path, threads: int, folder: Path) -> None:
+        import json
+
+        sys.path.insert(0, str(ROOT / "tests" / "reference"))
+        try:
+            import reference_env
+        finally:
+            sys.path.pop(0)
+        if not reference_env.is_installed():
+            raise _Skip(f"the mmdetection reference environment is not installed ({reference_env.site_dir()}; "
+                        f"make reference)")
+        from training.checkpoint import load_checkpoint
+
+        layout = load_checkpoint(ckpt)
+        if layout.source != "mmdet" or layout.config.model.backbone.depth != 50:
+            raise _Skip(f"mmdetection runs its published R-50 config: {ckpt.name} is "
+                        f"{'not in the published layout' if layout.source != 'mmdet' else 'another depth'}")
+        env = dict(reference_env.reference_environment(), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self._json = json
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._paths: dict[int, Path] = {}
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "reference" / "run_mmdet.py"),
+                                      "--threads", str(threads), "serve", "--ckpt", str(ckpt)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
+        first = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not first.strip().startswith("{"):
+            tail = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()[-1:]
+            raise RuntimeError(f"mmdetection could not load {ckpt.name}: {tail[0] if tail else 'no output'} (its "
+                               f"checkpoint must be in the published layout)")
+
+    def _path(self, image) -> Path:
+        if isinstance(image, (str, os.PathLike)):
+            return Path(image)
+        key = id(image)
+        if key not in self._paths:
+            import cv2
+
+            self._paths[key] = self.folder / f"image_{len(self._paths):03d}.png"
+            cv2.imwrite(str(self._paths[key]), image)
+        return self._paths[key]
+
+    def predict_timed(self, image) -> tuple[None, Timings]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{self._path(image)}\n")
+        self.proc.stdin.flush()
+        answer = self._json.loads(self.proc.stdout.readline())
+        return None, Timings(answer["pipeline_s"], answer["test_step_s"], 0.0, 1)
+
+    def predict(self, image) -> PanopticResult:
+        raise NotImplementedError("the mmdetection backend only times mmdetection; its panoptic results are "
+                                  "compared with ours by the parity tests (tests/reference/test_mmdet_parity.py)")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close() if self.proc.stdin else None
+            self.proc.wait(timeout=30)
 
 
 class TorchTarget:
@@ -183,6 +253,7 @@ def make_target(name: str, *, ckpt: Path, workdir: Path, threads: int, calib_ima
         "openvino": lambda: _openvino(name, ckpt, workdir, threads),
         "trt_fp16": lambda: _tensorrt(name, ckpt, workdir, "fp16", None, calib_images),
         "trt_int8": lambda: _tensorrt(name, ckpt, workdir, "int8", calib_dir, calib_images),
+        "mmdet": lambda: Target(name, "ok", model_file=ckpt, predictor=MmdetTarget(ckpt, threads, workdir / "mmdet")),
     }
     if name not in builders:
         return Target(name, "failed", f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

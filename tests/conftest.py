@@ -68,16 +68,23 @@ def tiny_trt_onnx(tiny_checkpoint: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def r50_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A random published-layout R-50 checkpoint exported with both flavors: {"ort": path, "trt": path}."""
-    from export import to_onnx
+def r50_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random published-layout R-50 checkpoint (training/random_checkpoint.py --firing, seed 0)."""
     from training import random_checkpoint
 
-    folder = tmp_path_factory.mktemp("r50")
-    ckpt = folder / "r50_random.pth"
+    ckpt = tmp_path_factory.mktemp("r50") / "r50_random.pth"
     assert random_checkpoint.main(["--out", str(ckpt), "--firing"]) == 0
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def r50_exports(r50_random_checkpoint: Path) -> dict[str, Path]:
+    """``r50_random_checkpoint`` exported with both flavors: {"ort": path, "trt": path}."""
+    from export import to_onnx
+
     out = {}
     for flavor in ("ort", "trt"):
-        out[flavor] = folder / f"r50_{flavor}.onnx"
-        assert to_onnx.main(["--ckpt", str(ckpt), "--flavor", flavor, "--out", str(out[flavor]), "--threads", "1"]) == 0
+        out[flavor] = r50_random_checkpoint.with_name(f"r50_{flavor}.onnx")
+        assert to_onnx.main(["--ckpt", str(r50_random_checkpoint), "--flavor", flavor, "--out", str(out[flavor]),
+                             "--threads", "1"]) == 0
     return out

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -93,3 +95,31 @@ def test_trt_int8_target_gets_a_calibration_folder(monkeypatch, tmp_path):
                                  calib_images=images)
     assert target.status == "skipped"
     assert sorted(p.name for p in seen["calib_dir"].iterdir()) == ["calib_0.png", "calib_1.png"]
+
+
+def test_mmdet_target_needs_the_published_layout(tiny_checkpoint, tmp_path):
+    import benchmarks.targets as targets
+
+    target = targets.make_target("mmdet", ckpt=tiny_checkpoint, workdir=tmp_path, threads=1, calib_images=[])
+    assert target.status == "skipped"
+    assert "not in the published layout" in target.reason or "reference environment" in target.reason
+
+
+@pytest.mark.slow
+def test_fps_mmdet_row(r50_random_checkpoint, tmp_path):
+    """The mmdetection row of fps.py, timed by mmdetection's own process (the parity tests'
+    reference environment), next to our PyTorch predictor on the same image."""
+    sys.path.insert(0, str(ROOT / "tests" / "reference"))
+    import reference_env
+
+    reference_env.ensure_installed()
+    proc = _run("fps.py", "--ckpt", r50_random_checkpoint, "--size", "64x96", "--count", "1", "--runs", "1",
+                "--warmup", "0", "--threads", "2", "--backends", "pytorch,mmdet", "--workdir", tmp_path / "deploy",
+                "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "out" / "fps.json").read_text())["rows"]}
+    mm = rows["mmdet"]
+    assert mm["status"] == "ok", mm
+    assert mm["network_ms"] > 100 and mm["preprocess_ms"] > 0 and mm["postprocess_ms"] == 0
+    # same work, same machine: within a factor of 3 of our PyTorch predictor (both run the R-50 at 800x1200)
+    assert 1 / 3 < mm["median_ms"] / rows["pytorch"]["median_ms"] < 3

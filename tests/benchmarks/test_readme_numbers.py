@@ -55,3 +55,13 @@ def test_throughput_table_matches_its_json():
         assert NAMES[cells[0]] == r["backend"] and int(cells[1]) == r["batch_size"]
         assert cells[2] == f"{r['processes']}x{r['threads']}" and cells[3] == f"{r['images_per_s']:.2f}"
         assert int(cells[4]) == round(r["peak_rss_mb"]) and int(cells[5]) == round(r["total_rss_mb"])
+
+
+def test_mmdet_sentence_matches_its_json():
+    readme = (ROOT / "README.md").read_text()
+    data = json.loads((ROOT / "benchmarks" / "results" / "fps_r50_mmdet.json").read_text())
+    rows = {r["backend"]: r for r in data["rows"]}
+    assert rows["mmdet"]["status"] == "ok" and data["provenance"]["commit"]
+    assert (f"it took {rows['mmdet']['median_ms']:.0f} ms per image against our PyTorch predictor's "
+            f"{rows['pytorch']['median_ms']:.0f} ms and ONNX Runtime int8's {rows['ort_int8']['median_ms']:.0f} ms"
+            in " ".join(readme.split()))

@@ -11,6 +11,11 @@ pre-processor, heads and fusion. The two compiled operators come from ``mmcv_ext
 ``predict`` writes one int64 (H, W) panoptic id map per image (key = the image's position),
 mmdetection's ``pred_panoptic_seg.sem_seg``: label + k * 1000 for instance k, stuff labels,
 VOID = number of classes.
+
+``serve`` (for benchmarks/fps.py's mmdetection row) loads the model once, then reads one image
+path per line on stdin and answers each with a JSON line ``{"pipeline_s", "test_step_s",
+"segments"}``: the test pipeline (load, resize, pack) and ``test_step`` (data pre-processor,
+network, fusion) times.
 """
 from __future__ import annotations
 
@@ -98,6 +103,33 @@ def predict(*, ckpt: str, config_path: str | None, score_thr: float | None, imag
     np.savez_compressed(out, **maps)
 
 
+def serve(*, ckpt: str, config_path: str | None, score_thr: float | None) -> None:
+    import json
+
+    import torch
+    from mmcv.transforms import Compose
+    from mmengine.runner import load_checkpoint
+
+    cfg = load_config(config_path, score_thr)
+    model = build(cfg)
+    load_checkpoint(model, ckpt, map_location="cpu", strict=True, logger="silent")
+    model.eval()
+    pipeline = Compose([dict(t) for t in cfg.test_pipeline if t["type"] != "LoadPanopticAnnotations"])
+    print(json.dumps({"ready": True}), flush=True)
+    for i, line in enumerate(sys.stdin):
+        path = line.strip()
+        if not path:
+            break
+        t0 = time.perf_counter()
+        data = pipeline(dict(img_path=path, img_id=i))
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            result = model.test_step(dict(inputs=[data["inputs"]], data_samples=[data["data_samples"]]))[0]
+        t2 = time.perf_counter()
+        segments = len(set(result.pred_panoptic_seg.sem_seg[0].unique().tolist()))
+        print(json.dumps({"pipeline_s": t1 - t0, "test_step_s": t2 - t1, "segments": segments}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--score-thr", type=float, default=None, help="test_cfg.rcnn.score_thr (default: the config's)")
     r.add_argument("--images", nargs="+", required=True)
     r.add_argument("--out", required=True)
+    v = sub.add_parser("serve", help="time images given on stdin, one JSON line each")
+    v.add_argument("--ckpt", required=True)
+    v.add_argument("--config", default=None)
+    v.add_argument("--score-thr", type=float, default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -128,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "init":
         init_checkpoint(out=args.out, config_path=args.config, seed=args.seed, cls_scale=args.cls_scale,
                         rpn_scale=args.rpn_scale, semantic_bias_std=args.semantic_bias_std)
+    elif args.command == "serve":
+        serve(ckpt=args.ckpt, config_path=args.config, score_thr=args.score_thr)
     else:
         predict(ckpt=args.ckpt, config_path=args.config, score_thr=args.score_thr, images=args.images, out=args.out)
     return 0
