@@ -16,6 +16,7 @@ sys.path.insert(0, {root!r})
 import runtime
 from runtime import Predictor
 import runtime.backends, runtime.contract, runtime.images, runtime.panoptic_io, runtime.postprocess
+import runtime.mask_paste, runtime.semantic_labels, runtime.torch_sort, runtime.float32_ops
 import runtime.preprocess, runtime.result, runtime.writers, runtime.predictor
 predictor = Predictor({model!r}, threads=1)
 result = predictor.predict({image!r})

@@ -1,5 +1,6 @@
-"""The torch-free post-processing (runtime/postprocess.py) against the PyTorch reference
-(training.predictor.label_map_single_image and training.model.postprocess), on the same inputs.
+"""The torch-free post-processing (runtime/postprocess.py with mask_paste.py, semantic_labels.py
+and torch_sort.py) against the PyTorch reference (training.predictor.label_map_single_image and
+training.model.postprocess), on the same inputs.
 
 Hand-built cases must give identical maps; they avoid exact 0.5 probabilities and exact logit
 ties where the summation order could matter (except the tests that are about exact ties).
@@ -13,8 +14,10 @@ import pytest
 import torch
 
 from runtime.panoptic_io import Category, CategoryTable
-from runtime.postprocess import (fusion_order, paste_mask_region, postprocess_single_image, semantic_argmax,
-                                 to_panoptic_result)
+from runtime.mask_paste import paste_mask_region
+from runtime.postprocess import postprocess_single_image, to_panoptic_result
+from runtime.semantic_labels import semantic_argmax
+from runtime.torch_sort import fusion_order
 from runtime.preprocess import rescale_size
 from runtime.result import panoptic_result_from_label_map
 from training.config import FusionConfig, MaskHeadConfig, ModelConfig

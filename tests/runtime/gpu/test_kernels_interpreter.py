@@ -29,7 +29,7 @@ import pytest
 
 from runtime.gpu.postprocess import (  # torch-free, triton-free
     SPECS_BY_NAME, Buf, FusionConfig, ImageGeometry, Launch, Memset, WorkspaceLayout, launch_plan, read_back)
-from runtime.postprocess import fusion_order, std_sort  # the numpy runtime's emulation of torch's CPU sort
+from runtime.torch_sort import fusion_order, std_sort  # the numpy runtime's emulation of torch's CPU sort
 
 ROOT = Path(__file__).resolve().parents[3]
 CHILD_FLAG = "GPU_KERNELS_INTERPRETER_CHILD"
