@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import io
 import json
 import os
@@ -59,6 +60,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
+from runtime.build_engine import one_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUDGET_S = 270.0
@@ -82,10 +85,6 @@ STATUSES = ("pass", "fail", "skip")
 
 class SkipCheck(Exception):
     """Raised by a check whose requirement is missing; the message is the one-line reason."""
-
-
-def one_line(message: object) -> str:
-    return " ".join(str(message).split())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -735,13 +734,9 @@ class AotPluginKernel:
                                                 0, ctypes.addressof(array), 0), f"cuLaunchKernel({self.name})")
 
 
-_AOT_KERNELS: dict[str, AotPluginKernel] = {}
-
-
+@functools.cache
 def aot_plugin_kernel(name: str) -> AotPluginKernel:
-    if name not in _AOT_KERNELS:
-        _AOT_KERNELS[name] = AotPluginKernel(name)
-    return _AOT_KERNELS[name]
+    return AotPluginKernel(name)
 
 
 def _device_tensor(torch: Any, array: np.ndarray, device: str) -> Any:
@@ -1160,7 +1155,7 @@ def check_trt_plugins_alone(ctx: CheckContext) -> dict:
                         reason="" if ok else "a plugin network disagrees with the reference")
 
 
-def _small_exports(ctx: CheckContext) -> dict[str, Path]:
+def small_exports(ctx: CheckContext) -> dict[str, Path]:
     """The small model's checkpoint and both ONNX flavors under the work folder (built once)."""
     if "small_exports" in ctx.shared:
         return ctx.shared["small_exports"]
@@ -1183,11 +1178,11 @@ def _small_exports(ctx: CheckContext) -> dict[str, Path]:
     return paths
 
 
-def _small_engine(ctx: CheckContext) -> tuple[Path, float]:
+def small_engine(ctx: CheckContext) -> tuple[Path, float]:
     """Build the small model's trt-flavor engine with runtime/build_engine.py in a subprocess."""
     if "small_engine" in ctx.shared:
         return ctx.shared["small_engine"], 0.0
-    paths = _small_exports(ctx)
+    paths = small_exports(ctx)
     engine = paths["trt"].with_name("small_trt_fp32.engine")
     timeout = max(30.0, min(240.0, ctx.budget.remaining() - 15.0))
     t0 = time.perf_counter()
@@ -1239,7 +1234,7 @@ def run_reload_script(engine: str | Path, timeout: float = 120.0) -> dict:
 
 def check_trt_engine_reload(ctx: CheckContext) -> dict:
     trt = require_tensorrt()
-    engine, build_s = _small_engine(ctx)
+    engine, build_s = small_engine(ctx)
     report = run_reload_script(engine, timeout=max(30.0, min(120.0, ctx.budget.remaining() - 5.0)))
     clean = not report["plugins_modules"]
     ok = clean and report.get("finite", False)
@@ -1255,8 +1250,8 @@ def check_trt_end_to_end(ctx: CheckContext) -> dict:
     trt = require_tensorrt()
     from runtime.predictor import Predictor
 
-    engine, _ = _small_engine(ctx)
-    paths = _small_exports(ctx)
+    engine, _ = small_engine(ctx)
+    paths = small_exports(ctx)
     images = small_images(IMAGES_QUICK if ctx.quick else 6, seed=9)
     trt_pred = Predictor(engine)
     ort_pred = Predictor(paths["ort"])

@@ -58,11 +58,10 @@ def profile_events(model_path: str | os.PathLike, images: Sequence[np.ndarray], 
     import onnx
     import onnxruntime as ort
 
-    from runtime.contract import ModelMetadata
+    from export.metadata import read_metadata
     from runtime.preprocess import prepare_batch
 
-    props = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-    meta = ModelMetadata.from_props(props)
+    meta = read_metadata(onnx.load(str(model_path), load_external_data=False))
     if meta.flavor == "trt":
         from plugins.ort_ops import session_options
 

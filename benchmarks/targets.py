@@ -7,6 +7,7 @@ A target that cannot run here (no GPU, TensorRT or OpenVINO missing) is returned
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -77,8 +78,6 @@ class MmdetTarget:
     resize, pack), network = ``test_step`` (data pre-processor, network and fusion together)."""
 
     def __init__(self, ckpt: Path, threads: int, folder: Path) -> None:
-        import json
-
         sys.path.insert(0, str(ROOT / "tests" / "reference"))
         try:
             import reference_env
@@ -94,7 +93,6 @@ class MmdetTarget:
             raise _Skip(f"mmdetection runs its published R-50 config: {ckpt.name} is "
                         f"{'not in the published layout' if layout.source != 'mmdet' else 'another depth'}")
         env = dict(reference_env.reference_environment(), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self._json = json
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self._paths: dict[int, Path] = {}
@@ -123,7 +121,7 @@ class MmdetTarget:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(f"{self._path(image)}\n")
         self.proc.stdin.flush()
-        answer = self._json.loads(self.proc.stdout.readline())
+        answer = json.loads(self.proc.stdout.readline())
         return None, Timings(answer["pipeline_s"], answer["test_step_s"], 0.0, 1)
 
     def predict(self, image) -> PanopticResult:

@@ -137,7 +137,7 @@ def run_throughput(*, ckpt: Path, backends: Sequence[str], images: Sequence, bat
     return rows
 
 
-def format_table(rows: Sequence[ThroughputRow]) -> str:
+def format_throughput_table(rows: Sequence[ThroughputRow]) -> str:
     lines = ["| backend | batch | processes x threads | images | seconds | images / s | peak RSS MB per process "
              "| all processes MB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                           threads=args.threads, workdir=workdir, calib_images=calib)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = format_table(rows)
+    table = format_throughput_table(rows)
     what = f"{ckpt.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}"
     (out / "throughput.md").write_text(f"# throughput: {what}\n\n{table}\n")
     (out / "throughput.json").write_text(json.dumps({

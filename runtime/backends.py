@@ -149,11 +149,16 @@ def _read_onnx_metadata(path: Path) -> ModelMetadata:
         raise ModelError(f"{path}: {e}") from e
 
 
-def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) -> Backend:
-    """Choose the backend by argument ("onnxruntime", "openvino", "tensorrt") or by file type
+def choose_backend(path: str | os.PathLike, backend: str | None = None) -> str:
+    """The backend by argument ("onnxruntime", "openvino", "tensorrt") or by file type
     (.onnx -> onnxruntime, .engine/.plan -> tensorrt)."""
+    return backend or ("tensorrt" if Path(path).suffix.lower() in (".engine", ".plan") else "onnxruntime")
+
+
+def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) -> Backend:
+    """Open the backend :func:`choose_backend` picks."""
     suffix = Path(path).suffix.lower()
-    choice = backend or ("tensorrt" if suffix in (".engine", ".plan") else "onnxruntime")
+    choice = choose_backend(path, backend)
     if choice == "onnxruntime":
         if suffix in (".engine", ".plan"):
             raise ModelError(f"{path}: a TensorRT engine cannot run in ONNX Runtime; use backend='tensorrt' "

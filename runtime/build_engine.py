@@ -166,8 +166,12 @@ def choose_api(requested: str, trt_version: str | None) -> str:
     return requested
 
 
+def precision_of(fp16: bool, int8: bool) -> str:
+    return "fp16" if fp16 else "int8" if int8 else "fp32"
+
+
 def make_plan(api: str, fp16: bool, int8: bool) -> BuildPlan:
-    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    precision = precision_of(fp16, int8)
     if api == "10":
         flags = ["FP16"] if fp16 else ["INT8"] if int8 else []
         return BuildPlan(api="10", precision=precision, strongly_typed=False, builder_flags=flags,
@@ -234,8 +238,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     names_out = [o.name for o in model.graph.output]
     if names_in != list(INPUT_NAMES) or sorted(names_out) != sorted(OUTPUT_NAMES):
         raise UsageError(f"--onnx {onnx_path}: I/O {names_in} -> {names_out} is not the export contract's")
-    precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
-    out = Path(args.out) if args.out else default_out(onnx_path, precision)
+    out = Path(args.out) if args.out else default_out(onnx_path, precision_of(args.fp16, args.int8))
     if out.resolve() == onnx_path.resolve():
         raise UsageError(f"--out {out} would overwrite the ONNX file")
     if out.exists() and out.is_dir():
@@ -366,13 +369,12 @@ def run(args: argparse.Namespace) -> Path | None:
     inputs = check_inputs(args)
     needs_plugins = bool(custom_ops(inputs.model))
     trt: Any = None
-    try:
-        trt = import_tensorrt()
-    except ImportError as e:
-        if not (args.dry_run or args.check):
-            raise EnvironmentProblem(str(e)) from None
-    if args.check:
-        trt = None  # the check is TensorRT-free, whatever is installed
+    if not args.check:  # the check is TensorRT-free, whatever is installed
+        try:
+            trt = import_tensorrt()
+        except ImportError as e:
+            if not args.dry_run:
+                raise EnvironmentProblem(str(e)) from None
     version = trt.__version__ if trt is not None else None
     api = choose_api(args.trt_api, version)
     plan = make_plan(api, args.fp16, args.int8)

@@ -67,8 +67,9 @@ def as_int(handle: Any) -> int:
         return int(handle.getPtr())
 
 
-def init_driver() -> Any:
-    """``cuInit``; GpuUnavailableError when there is no usable driver or no device."""
+def init_driver() -> tuple[Any, int]:
+    """``cuInit`` -> (driver, device count); GpuUnavailableError when there is no usable driver
+    or no device."""
     drv = driver()
     try:
         err = drv.cuInit(0)
@@ -81,7 +82,7 @@ def init_driver() -> Any:
     count = check(drv.cuDeviceGetCount(), "cuDeviceGetCount")
     if not count:
         raise GpuUnavailableError("the CUDA driver sees no GPU")
-    return drv
+    return drv, int(count)
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,9 @@ def _device_facts(drv: Any, device: Any) -> tuple[str, tuple[int, int], int]:
 
 def gpus() -> list[GpuInfo]:
     """The visible CUDA GPUs; GpuUnavailableError with the reason when there is none."""
-    drv = init_driver()
+    drv, count = init_driver()
     out = []
-    for i in range(int(check(drv.cuDeviceGetCount(), "cuDeviceGetCount"))):
+    for i in range(count):
         name, (major, minor), _ = _device_facts(drv, check(drv.cuDeviceGet(i), "cuDeviceGet"))
         out.append(GpuInfo(i, name, f"{major}.{minor}"))
     return out
@@ -121,8 +122,7 @@ class CudaContext:
     """The primary context of one device, made current on this thread."""
 
     def __init__(self, device: int = 0) -> None:
-        drv = init_driver()
-        count = check(drv.cuDeviceGetCount(), "cuDeviceGetCount")
+        drv, count = init_driver()
         if not 0 <= device < count:
             raise GpuUnavailableError(f"CUDA device {device} does not exist ({count} device(s))")
         self.device_index = device
@@ -165,9 +165,6 @@ class Stream:
     def address(self) -> int:
         return as_int(self.handle)
 
-    def __int__(self) -> int:
-        return self.address
-
     def synchronize(self) -> None:
         check(driver().cuStreamSynchronize(self.handle), "cuStreamSynchronize")
 
@@ -203,7 +200,7 @@ class DeviceBuffer:
         the stream synchronises)."""
         if not out.flags.c_contiguous or out.nbytes > self.nbytes:
             raise ValueError("copy_to_host needs a C-contiguous array no larger than the buffer")
-        copy_to_host(out, self.ptr, out.nbytes, stream)
+        copy_ptr_to_host(out, self.ptr, out.nbytes, stream)
         return out
 
     def close(self) -> None:
@@ -218,7 +215,7 @@ def memset_d32(ptr: int, value: int, count: int, stream: Stream) -> None:
         check(drv.cuMemsetD32Async(drv.CUdeviceptr(ptr), value, count, stream.handle), "cuMemsetD32Async")
 
 
-def copy_to_host(dst: Any, ptr: int, nbytes: int, stream: Stream) -> None:
+def copy_ptr_to_host(dst: Any, ptr: int, nbytes: int, stream: Stream) -> None:
     """dst: a writable C-contiguous numpy array (at least nbytes)."""
     if nbytes:
         drv = driver()

@@ -32,6 +32,8 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtime.gpu.postprocess import POSTPROCESS_CHOICES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported .onnx (ONNX Runtime) or .engine (TensorRT) file")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="ONNX Runtime execution providers in priority order, comma-separated (cpu, cuda, tensorrt)")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
     p.add_argument("--batch-size", type=int, default=1, help="images per network call")
-    p.add_argument("--postprocess", choices=["auto", "gpu", "cpu"], default="auto",
+    p.add_argument("--postprocess", choices=POSTPROCESS_CHOICES, default="auto",
                    help="post-processing for TensorRT engines: auto = the GPU kernels where they run on this GPU, "
                         "else numpy with a warning (default); gpu = kernels or fail; cpu = numpy")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")

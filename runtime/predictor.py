@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.backends import Backend, SerializedBackend, open_backend
+from runtime.backends import Backend, SerializedBackend, choose_backend, open_backend
 from runtime.images import load_image
 from runtime.panoptic_io import CategoryTable
 from runtime.postprocess import postprocess_single_image, to_panoptic_result
@@ -81,15 +81,15 @@ class Predictor:
         if postprocess not in POSTPROCESS_CHOICES:
             raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")
         kwargs = dict(backend_options)
-        is_engine = backend == "tensorrt" or (backend is None and str(model).endswith((".engine", ".plan")))
-        if is_engine:
+        choice = choose_backend(model, backend)
+        if choice == "tensorrt":
             kwargs.update(postprocess=postprocess)
         elif postprocess == "gpu":
             raise ValueError("postprocess='gpu' needs a TensorRT engine (.engine): the kernels read the network's "
                              "outputs on the device")
-        if (backend or "onnxruntime") == "onnxruntime" and not str(model).endswith((".engine", ".plan")):
+        if choice == "onnxruntime":
             kwargs.update(providers=providers, threads=threads)
-        elif backend == "openvino":
+        elif choice == "openvino":
             kwargs.update(threads=threads)
         opened: Backend = open_backend(model, backend, **kwargs)
         concurrent = opened.name.startswith(("onnxruntime", "openvino"))

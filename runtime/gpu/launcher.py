@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runtime import cuda
-from runtime.cuda import GpuUnavailableError
+from runtime.gpu.triton_aot import PtxError, nearest_target
 
 PTX_DIR = Path(__file__).resolve().parent / "ptx"
 MANIFEST_NAME = "manifest.json"
@@ -57,20 +57,19 @@ class KernelInfo:
 def read_manifest(ptx_dir: Path | str = PTX_DIR) -> dict:
     path = Path(ptx_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise GpuUnavailableError(f"no compiled kernels: {path} is missing (run python -m runtime.gpu.build_ptx)")
+        raise cuda.GpuUnavailableError(f"no compiled kernels: {path} is missing (run python -m runtime.gpu.build_ptx)")
     return json.loads(path.read_text())
 
 
 def select_target(available: Sequence[int], capability: tuple[int, int]) -> int:
     """The PTX target for a device: its own compute capability if built, else the highest lower
     one (PTX is JIT-compiled forward). sm_90a-style arch-specific PTX is never built."""
-    cc = capability[0] * 10 + capability[1]
-    usable = [t for t in available if t <= cc]
-    if not usable:
-        raise GpuUnavailableError(
+    try:
+        return nearest_target(capability[0] * 10 + capability[1], available)
+    except PtxError:
+        raise cuda.GpuUnavailableError(
             f"no PTX for this GPU (compute capability {capability[0]}.{capability[1]}): the post-processing "
-            f"kernels are built for {', '.join(f'sm_{t}' for t in sorted(available)) or 'nothing'} and newer")
-    return max(usable)
+            f"kernels are built for {', '.join(f'sm_{t}' for t in sorted(available)) or 'nothing'} and newer") from None
 
 
 def kernel_infos(manifest: dict, target: int) -> dict[str, KernelInfo]:

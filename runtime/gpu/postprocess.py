@@ -30,6 +30,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from runtime import cuda
 from runtime.contract import MASK_SIZE, SEMANTIC_STRIDE
 
 SORT_BLOCK = 128  # max detections per image the sort kernel handles (contract default: 100)
@@ -306,13 +307,11 @@ class GpuPostprocessor:
                  mask_threshold: float = 0.5, mask_overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
                  instance_offset: int = 1000, mask_size: int = MASK_SIZE, device: int = 0, stream: Any = None,
                  ptx_dir: Any = None, programs: int | None = None) -> None:
-        from runtime import cuda
         from runtime.gpu import launcher
 
         self.config = FusionConfig(num_thing_classes, num_stuff_classes, max_detections, mask_threshold,
                                    mask_overlap_threshold, stuff_area_limit, instance_offset, mask_size)
         self.config.validate()
-        self._cuda = cuda
         self.context = cuda.CudaContext(device)
         self.kernels = launcher.KernelModule(self.context, ptx_dir or launcher.PTX_DIR)
         missing = [s.name for s in KERNEL_SPECS if s.name not in self.kernels.infos]
@@ -337,7 +336,7 @@ class GpuPostprocessor:
         if self._label_map is None or self._label_map.nbytes < nbytes:
             if self._label_map is not None:
                 self._label_map.close()
-            self._label_map = self._cuda.DeviceBuffer(nbytes)
+            self._label_map = cuda.DeviceBuffer(nbytes)
             self._prepared.clear()  # packed launches point at the old buffer
         return self._label_map
 
@@ -375,7 +374,7 @@ class GpuPostprocessor:
             self._prepared[key] = prepared
         for item in prepared:
             if isinstance(item, tuple):
-                self._cuda.memset_d32(item[0], 0, item[1], self.stream)
+                cuda.memset_d32(item[0], 0, item[1], self.stream)
             else:
                 item.launch(self.stream)
         return out.ptr
@@ -386,8 +385,8 @@ class GpuPostprocessor:
         ptr = self.enqueue(**kwargs)
         label_map = np.empty((h, w), dtype=np.int32)
         workspace = np.empty(self.workspace_layout.size, dtype=np.int32)
-        self._cuda.copy_to_host(label_map, ptr, label_map.nbytes, self.stream)
-        self._cuda.copy_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
+        cuda.copy_ptr_to_host(label_map, ptr, label_map.nbytes, self.stream)
+        cuda.copy_ptr_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
         self.stream.synchronize()
         label_map, kept = read_back(label_map, workspace, self.config)
         return GpuLabelMap(label_map, kept)

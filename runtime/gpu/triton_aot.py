@@ -79,10 +79,10 @@ def ptx_isa_for(arch: int, requested: int | None = None) -> int:
     return requested
 
 
-def nearest_target(sm: int) -> int:
-    """The highest target of :data:`TENSORRT10_TARGETS` that a GPU of compute capability ``sm``
-    (e.g. 103) can JIT-compile PTX for (PTX runs on its own and every later architecture)."""
-    usable = [t for t in TENSORRT10_TARGETS if t <= sm]
+def nearest_target(sm: int, targets: Sequence[int] = TENSORRT10_TARGETS) -> int:
+    """The highest of ``targets`` that a GPU of compute capability ``sm`` (e.g. 103) can
+    JIT-compile PTX for (PTX runs on its own and every later architecture)."""
+    usable = [t for t in targets if t <= sm]
     if not usable:
         raise PtxError(f"compute capability {sm // 10}.{sm % 10} is older than every target this project builds "
                        f"for (lowest: sm_{TENSORRT10_TARGETS[0]}, Turing, the oldest GPU TensorRT 10 supports)")
@@ -261,10 +261,3 @@ def assemble(ptx_path: str | os.PathLike, target: int, cubin_path: str | os.Path
     spills = re.search(r"(\d+) bytes spill stores", proc.stderr)
     return Assembly(target=target, returncode=proc.returncode, registers=int(regs.group(1)) if regs else None,
                     spill_bytes=int(spills.group(1)) if spills else None, log=proc.stderr[-3000:])
-
-
-def assembles_for(ptx_path: str | os.PathLike, targets: Sequence[int], work_dir: str | os.PathLike
-                  ) -> list[Assembly]:
-    """:func:`assemble` for each target (cubins in ``work_dir``)."""
-    work = Path(work_dir)
-    return [assemble(ptx_path, t, work / f"{Path(ptx_path).stem}_sm{t}.cubin") for t in targets]

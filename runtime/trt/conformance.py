@@ -466,9 +466,3 @@ def _check_custom(node: Any, where: str, graph: _Graph, plugins: Mapping[str, Pl
                     SRC_PLUGINS))
     add(Finding("note", "plugin-fields", where, op, f"INT / FLOAT attributes arrive as int32 / float32 fields of "
                 f"{spec.namespace}::{spec.name} v{spec.version}", SRC_IMPORTER))
-
-
-def check_onnx_file(path: str, *, plugins: Mapping[str, PluginSpec] | None = None) -> ConformanceReport:
-    import onnx
-
-    return check_onnx(onnx.load(path), plugins=plugins)

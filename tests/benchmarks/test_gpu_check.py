@@ -303,16 +303,16 @@ def test_small_exports_and_the_engine_build_command(tmp_path):
     from runtime.predictor import Predictor
 
     ctx = gc.CheckContext(work_dir=tmp_path, quick=True, budget=gc.Budget(270))
-    paths = gc._small_exports(ctx)
+    paths = gc.small_exports(ctx)
     assert all(p.is_file() for p in paths.values())
-    assert gc._small_exports(ctx) is paths  # built once
+    assert gc.small_exports(ctx) is paths  # built once
     try:
         from runtime.trt.runner import import_tensorrt
 
         import_tensorrt()
     except ImportError:
         with pytest.raises(RuntimeError, match=r"build_engine.py exited 3: .*TensorRT"):
-            gc._small_engine(ctx)
+            gc.small_engine(ctx)
     image = gc.small_images(1, seed=9)[0]
     assert Predictor(paths["ort"]).predict(image).id_map.shape == image.shape[:2]
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from runtime import cuda
-from runtime.contract import ModelMetadata
 from runtime.trt import engine_file as ef
 from runtime.trt import runner
 from runtime.trt.engine_file import EngineInfo
@@ -84,7 +83,9 @@ def test_deserialize_initialises_the_plugin_library_first():
 def test_the_runner_loads_an_ort_flavor_engine(tiny_onnx, tmp_path, monkeypatch):
     import onnx
 
-    metadata = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props})
+    from export.metadata import read_metadata
+
+    metadata = read_metadata(onnx.load(str(tiny_onnx)))
     trt = FakeTensorRT()
     monkeypatch.setattr(runner, "import_tensorrt", lambda: trt)
     monkeypatch.setattr(cuda, "CudaContext", lambda device=0: FakeContext())
