@@ -5,13 +5,17 @@ to the original size), pixel for pixel, without the (S + 1) full-resolution logi
 An output pixel's logits are a convex combination of at most 3x3 stride-4 logit vectors. Where
 every vector of that support window has the same argmax by a clear margin, the pixel's label is
 that argmax: decided on a small grid of support windows (:func:`analyse_semantic_windows`) and
-expanded. The remaining pixels (:func:`label_undecided_pixels`) are evaluated over the few
-channels that can still win in their window (bounded by the window's per-channel max / min),
-with torch's float32 arithmetic where the two best are within rounding of each other.
+expanded. The remaining pixels (:func:`label_undecided_pixels`) are evaluated tile by tile (4x4
+stride-4 cells and their 2-cell halo) over the channels that are among the two best of some
+cell of the tile, as two small matrix products per tile; a pixel whose best value does not
+clear the bound of every other channel, or whose two best are within rounding of each other,
+is evaluated again with torch's float32 arithmetic.
 
 Outputs whose height + width <= 128, and 3-channel logits with one torch thread, go through
 another torch upsampling kernel whose last-bit rounding differs; that matters only where two
-logits tie to the last bit.
+logits tie to the last bit. Non-finite logits follow torch's general kernel (0 x NaN is NaN, so
+a NaN next to a pixel's support can reach it through a zero weight); where the crop already has
+the output size torch copies instead, and pixels next to a NaN or inf can differ.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ from runtime.contract import SEMANTIC_STRIDE
 from runtime.float32_ops import F32, F64, fma32
 
 LOGIT_EPS = 1e-5  # x max |logit|: margins below this count as possible ties
+TILE = 4  # stride-4 cells per tile side in label_undecided_pixels (timed best of 2, 3, 4, 6, 8)
+TILE_SPAN = TILE + 2  # a tile's cells and the 2-cell halo its pixels' supports reach into
+K_BOUNDS = (2, 3, 4, 6, 8, 12)  # tiles grouped by candidate count, each group padded to its largest
 
 
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -51,6 +58,10 @@ class _Axis:
     g_lo: np.ndarray  # (groups,)
     g_n: np.ndarray  # (groups,)
     g_start: np.ndarray  # (groups + 1,) first output position of each group, then out
+    tile: np.ndarray  # (out,) tile of each output position: lo // TILE
+    tile_pos: np.ndarray  # (out,) position inside its tile's run of output positions
+    tile_w: np.ndarray  # (tiles, positions, TILE_SPAN) float32 composite weights over the tile's cells
+    tile_cells: np.ndarray  # (tiles, TILE_SPAN) low-res index of each tile cell (clamped at the border)
 
 
 def _make_axis(low: int, padded: int, crop: int, out: int) -> _Axis:
@@ -72,8 +83,18 @@ def _make_axis(low: int, padded: int, crop: int, out: int) -> _Axis:
     change[:1] = True
     change[1:] = key[1:] != key[:-1]
     starts = np.flatnonzero(change)
-    return _Axis((i0, i1, l0, l1), (j0, j1, m0, m1), lo, n, w.astype(F32), np.cumsum(change) - 1,
-                 lo[starts], n[starts], np.append(starts, out))
+    w = w.astype(F32)
+    # tiles: lo is non-decreasing, so each tile's output positions are one run
+    tile = lo // TILE
+    n_tiles = -(-low // TILE)
+    run_start = np.searchsorted(tile, np.arange(n_tiles))
+    tile_pos = np.arange(out) - run_start[tile]
+    tile_w = np.zeros((n_tiles, max(int(np.bincount(tile, minlength=1).max()), 1), TILE_SPAN), dtype=F32)
+    for t in range(3):  # lo - tile * TILE + t <= TILE + 1: inside the span
+        tile_w[tile, tile_pos, lo - tile * TILE + t] = w[:, t]
+    tile_cells = np.minimum(np.arange(n_tiles)[:, None] * TILE + np.arange(TILE_SPAN)[None, :], low - 1)
+    return _Axis((i0, i1, l0, l1), (j0, j1, m0, m1), lo, n, w, np.cumsum(change) - 1,
+                 lo[starts], n[starts], np.append(starts, out), tile, tile_pos, tile_w, tile_cells)
 
 
 def _exact_logits(flat: np.ndarray, low_w: int, ay: _Axis, ax: _Axis, yy: np.ndarray, xx: np.ndarray,
@@ -156,148 +177,161 @@ def _compact(rows: np.ndarray, take: np.ndarray, width: int) -> tuple[np.ndarray
     return np.where(fill, out[np.arange(rows.shape[0]), np.maximum(count, 1) - 1][:, None], out), count
 
 
-def _slot_min_max(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """min and max over axis 1 of (n, slots, k), slot by slot (numpy's reduction over a short
-    middle axis is slow)."""
-    low = vals[:, 0].copy()
-    high = vals[:, 0].copy()
-    for s in range(1, vals.shape[1]):
-        np.minimum(low, vals[:, s], out=low)
-        np.maximum(high, vals[:, s], out=high)
-    return low, high
+def _tile_any(cells: np.ndarray, n_ty: int, n_tx: int) -> np.ndarray:
+    """(..., h, w) bool per cell -> (..., n_ty, n_tx): any over each tile's TILE_SPAN x TILE_SPAN
+    cells (rows ty * TILE .. ty * TILE + TILE + 1, likewise columns)."""
+    h, w = cells.shape[-2:]
+    pad = np.zeros(cells.shape[:-2] + (n_ty * TILE + 2, n_tx * TILE + 2), dtype=bool)
+    pad[..., :h, :w] = cells
+    rows = pad[..., 0:n_ty * TILE:TILE, :].copy()
+    for i in range(1, TILE_SPAN):
+        rows |= pad[..., i:i + n_ty * TILE:TILE, :][..., :n_ty, :]
+    out = rows[..., 0:n_tx * TILE:TILE].copy()
+    for i in range(1, TILE_SPAN):
+        out |= rows[..., i:i + n_tx * TILE:TILE][..., :n_tx]
+    return out
+
+
+def _support_has(cells: np.ndarray, ay: _Axis, ax: _Axis, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """(h, w) bool per cell -> (P,) whether any cell of pixel (yy, xx)'s support (the cells with
+    non-zero composite weight) is set: a summed-area table read at the support's corners."""
+    table = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = cells.cumsum(axis=0).cumsum(axis=1)
+    y0, x0 = ay.lo[yy], ax.lo[xx]
+    y1, x1 = y0 + ay.n[yy], x0 + ax.n[xx]
+    return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
+
+
+def _two_best_members(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell of (C, h, w) logits: which channels reach the second largest value (counted with
+    multiplicity, so at least two) -> (C, h, w) bool, an upper bound of the other channels: the
+    third largest value -> (h, w), and the largest value (NaN where the cell has a NaN) -> (h, w).
+    One pass over the channels."""
+    best = logits[0].copy()
+    second = np.full_like(best, -np.inf)
+    third = second.copy()
+    tmp = np.empty_like(best)
+    for c in range(1, logits.shape[0]):
+        x = logits[c]
+        np.minimum(second, x, out=tmp)
+        np.maximum(third, tmp, out=third)
+        np.minimum(best, x, out=tmp)
+        np.maximum(second, tmp, out=second)
+        np.maximum(best, x, out=best)
+    return logits >= second, third, best
+
+
+@dataclass
+class _TilePlan:
+    """What every tile group of :func:`label_undecided_pixels` reads."""
+
+    sem: SemanticWindows
+    yy: np.ndarray  # (P,) pixels to label
+    xx: np.ndarray
+    tiles: np.ndarray  # (T,) tiles holding them (ty * n_tx + tx), ascending
+    slot: np.ndarray  # (P,) each pixel's tile, as an index into ``tiles``
+    lists: np.ndarray  # (T, kmax) ascending candidate channels, padded
+    counts: np.ndarray  # (T,) candidates per tile
+    bad_support: np.ndarray | None  # (P,) a non-finite logit in the pixel's support; None: all finite
+    third: np.ndarray  # (h, w) bound of the channels outside a cell's two best
+    floor_value: np.float32  # below every finite logit: padding candidates never win
+
+
+def _label_tile_group(plan: _TilePlan, tg: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, list]:
+    """Tiles ``tg`` (indices into plan.tiles, ascending, one candidate-count group) and their
+    pixels ``p`` -> (the best candidate per pixel, [(pixels, channel lists)] to evaluate exactly)."""
+    sem, k = plan.sem, int(plan.counts[tg].max())
+    flat, ay, ax, eps = sem.flat, sem.ay, sem.ax, sem.eps
+    n_tx = ax.tile_w.shape[0]
+    chans = plan.lists[tg, :k]
+    t_y, t_x = plan.tiles[tg] // n_tx, plan.tiles[tg] % n_tx
+    cell = ay.tile_cells[t_y][:, :, None] * sem.low_w + ax.tile_cells[t_x][:, None, :]  # (tiles, span, span)
+    # (tiles, rows, k + 1, cols): the candidates, then the bound plane
+    blocks = np.empty((tg.size, TILE_SPAN, k + 1, TILE_SPAN), dtype=F32)
+    blocks[:, :, :k] = np.take(flat, chans[:, None, :, None] * flat.shape[1] + cell[:, :, None, :])
+    pad = np.arange(k)[None, :] >= plan.counts[tg][:, None]
+    blocks[:, :, :k][np.broadcast_to(pad[:, None, :], (tg.size, TILE_SPAN, k))] = plan.floor_value
+    blocks[:, :, k] = np.take(plan.third.reshape(-1), cell)
+    if plan.bad_support is not None:  # those pixels are evaluated exactly; keep the others finite
+        np.nan_to_num(blocks, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    rows = np.matmul(ay.tile_w[t_y], blocks.reshape(tg.size, TILE_SPAN, -1))  # (tiles, py, (k + 1) * span)
+    vals = np.matmul(rows.reshape(tg.size, -1, TILE_SPAN), ax.tile_w[t_x].transpose(0, 2, 1))
+    # vals: (tiles, py, k + 1, px), flattened; one gather per candidate column
+    local = np.empty(plan.tiles.size, dtype=np.int64)
+    local[tg] = np.arange(tg.size)
+    ps = local[plan.slot[p]]  # each pixel's tile, as an index into tg
+    n_px = vals.shape[2]
+    at = ps * vals[0].size + ay.tile_pos[plan.yy[p]] * ((k + 1) * n_px) + ax.tile_pos[plan.xx[p]]
+    cols = [np.take(vals.reshape(-1), at + j * n_px) for j in range(k + 1)]  # (P,) per candidate, bound
+    best, runner_up = cols[0].copy(), np.full(p.size, -np.inf, dtype=F32)
+    pick = np.zeros(p.size, dtype=np.int64)
+    tmp = np.empty_like(best)
+    for j in range(1, k):
+        np.minimum(best, cols[j], out=tmp)
+        np.maximum(runner_up, tmp, out=runner_up)
+        pick[cols[j] > best] = j  # the first maximum, as argmax
+        np.maximum(best, cols[j], out=best)
+    chosen = np.take(chans.reshape(-1), ps * k + pick)
+    bounded = best > cols[k] + 2 * eps
+    if plan.bad_support is not None:
+        bounded &= ~plan.bad_support[p]
+    near_tie = np.flatnonzero(bounded & ~(best - runner_up > 2 * eps))
+    exact_sets = []
+    if near_tie.size:
+        near = np.stack([c[near_tie] for c in cols[:k]], axis=1) >= (best[near_tie] - 2 * eps)[:, None]
+        exact_sets.append((p[near_tie], _compact(chans[ps[near_tie]], near, int(near.sum(axis=1).max()))[0]))
+    unbounded = p[~bounded]
+    if unbounded.size:
+        exact_sets.append((unbounded, np.broadcast_to(np.arange(flat.shape[0]), (unbounded.size, flat.shape[0]))))
+    return chosen, exact_sets
 
 
 def label_undecided_pixels(sem: SemanticWindows, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Semantic channel (argmax of the upsampled logits, torch's tie rule) at pixels (yy, xx)
-    whose support window is not uniform.
+    whose support window is not uniform -> (P,) int64.
 
-    Per support window: channel j can win only if its largest value in the window reaches the
-    largest per-channel smallest value B (every pixel's logits lie between the window's per-channel
-    min and max). Those candidates are found among the cells' two best channels when every
-    cell's third best is below B; otherwise (or with NaNs) over all channels. Pixels are then
-    evaluated over their window's candidates only, in float32, and where the two best are within
-    rounding of each other, with torch's exact arithmetic."""
-    flat, ay, ax, eps = sem.flat, sem.ay, sem.ax, sem.eps
-    num_ch = flat.shape[0]
-    n_gx = ax.g_lo.size
-    key = ay.gid[yy] * n_gx + ax.gid[xx]
-    mark = np.zeros(ay.g_lo.size * n_gx, dtype=bool)
+    Per tile of TILE x TILE cells that holds such pixels: the candidates are the channels among
+    the two best of some cell of the tile or its halo; every other channel is at most the
+    cell's third best there, so at a pixel at most the upsampled third-best plane. The
+    candidates and that bound are upsampled over the tile's pixels in float32 (two small matrix
+    products, the tile's composite weights). A pixel is labelled by its best candidate when that
+    clears the bound and the runner-up by 2 eps (a float32 sum of <= 9 products is within a few
+    ulps); within 2 eps of a tie, the near-best candidates are evaluated with torch's exact
+    arithmetic; below the bound, or with a non-finite logit in its support, all channels are."""
+    flat, ay, ax = sem.flat, sem.ay, sem.ax
+    num_ch, low_w = flat.shape[0], sem.low_w
+    chosen = np.zeros(yy.size, dtype=np.int64)
+    if yy.size == 0:
+        return chosen
+    n_ty, n_tx = ay.tile_w.shape[0], ax.tile_w.shape[0]
+    member, third, best_value = _two_best_members(flat.reshape(num_ch, -1, low_w))
+    lowest = float(np.fmin.reduce(flat, axis=None))
+    floor_value = F32(lowest - max(1.0, abs(lowest))) if np.isfinite(lowest) else F32(-3e38)
+    key = ay.tile[yy] * n_tx + ax.tile[xx]
+    mark = np.zeros(n_ty * n_tx, dtype=bool)
     mark[key] = True
-    windows = np.flatnonzero(mark)
+    tiles = np.flatnonzero(mark)
+    marks = _tile_any(member, n_ty, n_tx).reshape(num_ch, -1)[:, tiles].T  # (tiles, C)
+    marks[:, 0] |= ~marks.any(axis=1)  # a tile of NaN cells only: one (unused) candidate
+    lists, counts = _compact(np.broadcast_to(np.arange(num_ch), marks.shape), marks, int(marks.sum(axis=1).max()))
     slot_of = np.zeros(mark.size, dtype=np.int64)
-    slot_of[windows] = np.arange(windows.size)
-    inv = slot_of[key]  # window of each pixel
-    n_win = windows.size
-    wy_lo, wy_n = ay.g_lo[windows // n_gx], ay.g_n[windows // n_gx]
-    wx_lo, wx_n = ax.g_lo[windows % n_gx], ax.g_n[windows % n_gx]
-    ny_max, nx_max = int(wy_n.max()), int(wx_n.max())
-    slots = ny_max * nx_max
-    cells = np.stack([(wy_lo + np.minimum(ty, wy_n - 1)) * sem.low_w + wx_lo + np.minimum(tx, wx_n - 1)
-                      for ty in range(ny_max) for tx in range(nx_max)], axis=1)  # (windows, slots)
-    cmark = np.zeros(flat.shape[1], dtype=bool)
-    cmark[cells] = True
-    cell_ids = np.flatnonzero(cmark)
-    cpos = np.zeros(flat.shape[1], dtype=np.int64)
-    cpos[cell_ids] = np.arange(cell_ids.size)
-    values = np.ascontiguousarray(np.take(flat, cell_ids, axis=1).T)  # (cells, C)
-    cw = cpos[cells]  # (windows, slots) rows of ``values``
-    values_flat = values.reshape(-1)
-    n_cells = cell_ids.size
-
-    # candidates: channels whose window max reaches the best window min (floor). Searched among
-    # the union of the cells' two best channels where every cell's third best is below the floor,
-    # else among all channels; windows with NaNs are evaluated over all channels.
-    bad = np.isnan(values).any(axis=1)
-    all_channels = bad[cw].any(axis=1)  # evaluated over every channel, no candidate search
-    search_all = np.zeros(n_win, dtype=bool)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (windows, channel lists, counts)
-    if num_ch >= 3:
-        tmp = values.copy()
-        r = np.arange(n_cells)
-        first = tmp.argmax(axis=1)
-        tmp[r, first] = -np.inf
-        second = tmp.argmax(axis=1)
-        tmp[r, second] = -np.inf
-        third = tmp.max(axis=1)
-        top2 = np.stack([first, second], axis=1)[cw].reshape(n_win, 2 * slots)
-        top2.sort(axis=1)
-        new = np.ones(top2.shape, dtype=bool)
-        new[:, 1:] = top2[:, 1:] != top2[:, :-1]
-        union, n_union = _compact(top2, new, int(new.sum(axis=1).max()))
-        for lo_k, hi_k in ((2, 2), (3, 4)):
-            sel = np.flatnonzero(~all_channels & (n_union >= lo_k) & (n_union <= hi_k))
-            if sel.size == 0:
-                continue
-            u = union[sel, :hi_k]
-            vals = np.take(values_flat, cw[sel][:, :, None] * num_ch + u[:, None, :])  # (windows, slots, k)
-            low, high = _slot_min_max(vals)
-            floor_ = low.max(axis=1)
-            good = _slot_min_max(third[cw[sel]][:, :, None])[1][:, 0] < floor_ - eps
-            search_all[sel[~good]] = True
-            cand = (high >= (floor_ - eps)[:, None]) & (np.arange(u.shape[1])[None, :] < n_union[sel, None])
-            lists, counts = _compact(u[good], cand[good], hi_k)
-            found.append((sel[good], lists, counts))
-        search_all |= ~all_channels & (n_union > 4)
-    else:
-        search_all = ~all_channels
-    sel = np.flatnonzero(search_all)
-    if sel.size:
-        wv = values[cw[sel]]  # (windows, slots, C)
-        floor_ = wv.min(axis=1).max(axis=1)
-        cand = wv.max(axis=1) >= (floor_ - eps)[:, None]
-        lists, counts = _compact(np.broadcast_to(np.arange(num_ch), cand.shape), cand, int(cand.sum(axis=1).max()))
-        found.append((sel, lists, counts))
-    width = max([lst.shape[1] for _, lst, _ in found], default=1)
-    chans_w = np.zeros((n_win, width), dtype=np.int64)
-    num_cand = np.zeros(n_win, dtype=np.int64)
-    for sel, lists, counts in found:
-        chans_w[sel, :lists.shape[1]] = lists
-        chans_w[sel, lists.shape[1]:] = lists[:, -1:]
-        num_cand[sel] = counts
-    # buckets of windows: 1 candidate (decided), 2, 3-4, 5-8 (padded lists), all channels
-    bucket = np.searchsorted(np.array([1, 2, 4, 8]), num_cand)
-    bucket[all_channels] = 4
-    kmax_of = (1, 2, 4, None, num_ch)
-    pix_bucket = bucket[inv]
-    result = np.empty(yy.size, dtype=np.int64)
-    single = pix_bucket == 0
-    if single.any():
-        result[single] = chans_w[inv[single], 0]
-    for b in range(1, 5):
-        p = np.flatnonzero(pix_bucket == b)
-        if p.size == 0:
-            continue
-        wins = np.flatnonzero(bucket == b)
-        local = np.zeros(n_win, dtype=np.int64)
-        local[wins] = np.arange(wins.size)
-        if b == 4:
-            ch = np.broadcast_to(np.arange(num_ch), (wins.size, num_ch))
-            wvk = values[cw[wins]]  # (windows, slots, C)
-        else:
-            kmax = kmax_of[b] or int(num_cand[wins].max())
-            ch = chans_w[wins, :kmax]
-            wvk = np.take(values_flat, cw[wins][:, :, None] * num_ch + ch[:, None, :])  # (windows, slots, kmax)
-        pw = local[inv[p]]
-        py, px = yy[p], xx[p]
-        wgt = (ay.w[py, :ny_max][:, :, None] * ax.w[px, :nx_max][:, None, :]).reshape(p.size, slots)
-        approx = np.einsum("ps,psk->pk", wgt, wvk[pw])
-        chans = ch[pw]
-        rows = np.arange(p.size)
-        if approx.shape[1] == 2:  # distinct channels
-            pick = (approx[:, 1] > approx[:, 0]).astype(np.int64)
-            gap = np.abs(approx[:, 1] - approx[:, 0])
-            chosen = chans[rows, pick]
-        else:
-            pick = np.argmax(approx, axis=1)
-            chosen = chans[rows, pick]
-            others = np.where(chans == chosen[:, None], F32(-np.inf), approx)
-            gap = approx[rows, pick] - others.max(axis=1)
-        unsure = np.flatnonzero(~(gap > 2 * eps))  # within rounding of a tie (or NaN)
-        if unsure.size:
-            exact = _exact_logits(flat, sem.low_w, ay, ax, py[unsure], px[unsure], chans[unsure])
-            chosen[unsure] = chans[unsure, np.argmax(exact, axis=1)]
-        result[p] = chosen
-    return result
+    slot_of[tiles] = np.arange(tiles.size)
+    bad_support = None
+    if not (np.isfinite(lowest) and np.isfinite(best_value).all()):
+        bad_support = _support_has(~np.isfinite(flat).all(axis=0).reshape(best_value.shape), ay, ax, yy, xx)
+    plan = _TilePlan(sem, yy, xx, tiles, slot_of[key], lists, counts, bad_support,
+                     np.maximum(third, floor_value), floor_value)  # third: finite where there is no third channel
+    group = np.searchsorted(np.array(K_BOUNDS), counts)
+    pix_group = group[plan.slot]
+    order = np.argsort(pix_group, kind="stable")  # pixels by tile group
+    ends = np.cumsum(np.bincount(pix_group, minlength=len(K_BOUNDS) + 1))
+    for g in np.flatnonzero(np.bincount(group, minlength=len(K_BOUNDS) + 1)):
+        p = order[ends[g - 1] if g else 0:ends[g]]
+        chosen[p], exact_sets = _label_tile_group(plan, np.flatnonzero(group == g), p)
+        for pix, chans in exact_sets:
+            exact = _exact_logits(flat, low_w, ay, ax, yy[pix], xx[pix], chans)
+            chosen[pix] = chans[np.arange(pix.size), np.argmax(exact, axis=1)]
+    return chosen
 
 
 def semantic_argmax(semantic_logits: np.ndarray, *, resized_size: tuple[int, int],
