@@ -42,7 +42,8 @@ DEFAULT_IMAGES = Path("data/synthetic/val2017")
 
 
 # the GEMM peak each backend's arithmetic is bounded by (GPU backends: none measured here)
-PEAK_KIND = {"pytorch": "fp32", "mmdet": "fp32", "ort_fp32": "fp32", "openvino": "fp32", "ort_int8": "int8"}
+PEAK_KIND = {"pytorch": "fp32", "mmdet": "fp32", "ort_fp32": "fp32", "openvino": "fp32", "ort_int8": "int8",
+             "openvino_int8": "int8"}
 
 
 @dataclass
@@ -65,6 +66,7 @@ class FpsRow:
     achieved_gops: float | None = None  # network GFLOP (or GOP) / network time
     peak_pct: float | None = None  # % of the matching GEMM peak
     op_profile: list[dict] | None = None  # ONNX Runtime backends: ms per image per op type (first image)
+    agreement: dict | None = None  # reference backend -> {"pq", "pixels"} (training/evaluation/pq.py)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -114,10 +116,12 @@ def _row_from_samples(name: str, file_mb: float | None, samples: list[tuple[floa
                   round_median_ms=[1000 * statistics.median(r) for r in rounds])
 
 
-def measure_interleaved(targets: list, images: list, runs: int, warmup: int) -> dict[str, FpsRow]:
+def measure_interleaved(targets: list, images: list, runs: int, warmup: int,
+                        results: dict[str, list] | None = None) -> dict[str, FpsRow]:
     """Time every target over the images in ``runs`` interleaved rounds (after ``warmup`` untimed
     passes each): round r runs target 1, 2, ... once over all images before round r + 1. A target
-    that raises is reported as failed and left out of later rounds."""
+    that raises is reported as failed and left out of later rounds. ``results``, when given,
+    receives each target's PanopticResults of the last round."""
     samples: dict[str, list] = {t.name: [] for t in targets}
     rounds: dict[str, list[list[float]]] = {t.name: [] for t in targets}
     failed: dict[str, FpsRow] = {}
@@ -129,19 +133,22 @@ def measure_interleaved(targets: list, images: list, runs: int, warmup: int) -> 
         for target in targets:
             if target.name in failed:
                 continue
-            this_round = []
+            this_round, outputs = [], []
             try:
                 for image in images:
                     t0 = time.perf_counter()
-                    _, timing = target.predictor.predict_timed(image)
+                    result, timing = target.predictor.predict_timed(image)
                     elapsed = time.perf_counter() - t0
                     samples[target.name].append((elapsed, timing))
                     this_round.append(elapsed)
+                    outputs.append(result)
             except Exception as e:
                 failed[target.name] = FpsRow(target.name, "failed", f"{type(e).__name__}: {e}",
                                              file_mb=target.file_size_mb)
                 continue
             rounds[target.name].append(this_round)
+            if results is not None and all(o is not None for o in outputs):
+                results[target.name] = outputs
             print(f"[round {r + 1}/{runs}] {target.name} {1000 * statistics.median(this_round):.1f} ms", flush=True)
     out = {}
     for target in targets:
@@ -174,6 +181,24 @@ def add_op_profiles(rows: list[FpsRow], targets: list, images: list, threads: in
                 r.op_profile = onnx_op_profile(files[r.backend], images, threads=threads)[:12]
             except Exception as e:  # a report, never a reason to fail the benchmark
                 print(f"warning: {r.backend}: no per-op profile ({type(e).__name__}: {e})", flush=True)
+
+
+AGREEMENT_REFERENCES = {"ort_int8": ("pytorch", "ort_fp32"),  # int8: also against its own float model
+                        "openvino_int8": ("pytorch", "openvino")}
+
+
+def add_agreement(rows: list[FpsRow], results: dict[str, list], categories) -> None:
+    """Per backend, how closely its output follows the PyTorch predictor's (int8 backends also
+    their own float model's) on the benchmark images: PQ against that output, identical pixels."""
+    from training.evaluation.pq import agreement_with_reference
+
+    as_pairs = {name: [(r.id_map, r.segments_info) for r in res] for name, res in results.items()}
+    for r in rows:
+        if r.backend not in as_pairs:
+            continue
+        refs = [ref for ref in AGREEMENT_REFERENCES.get(r.backend, ("pytorch",)) if ref in as_pairs and ref != r.backend]
+        if refs:
+            r.agreement = {ref: agreement_with_reference(as_pairs[ref], as_pairs[r.backend], categories) for ref in refs}
 
 
 def round_speedups(rows: list[FpsRow], baseline: str = "pytorch") -> dict[str, dict[str, float]]:
@@ -280,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         prepared.append(target)
     print(progress_line(len(backends), len(backends)), flush=True)
-    measured = measure_interleaved(prepared, images, args.runs, args.warmup)
+    results: dict[str, list] = {}
+    measured = measure_interleaved(prepared, images, args.runs, args.warmup, results)
     rows = [measured.get(name) or skipped[name] for name in backends]
     peaks_after = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
     load_warnings = [w for w in (busier(peaks[k], peaks_after[k]) for k in peaks) if w]
@@ -289,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     gflop = _count_gflop(ckpt, images[0], prepared)
     add_limits(rows, gflop["total"] if gflop else None, peaks)
     add_op_profiles(rows, prepared, images[:1], args.threads)
+    if prepared:
+        add_agreement(rows, results, prepared[0].predictor.categories)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     if per_round:
         md.append(f"Per round ({args.runs} interleaved rounds, min / median / max): "
                   + ", ".join(f"{k} {v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f}x" for k, v in per_round.items()))
+    agree = [f"{r.backend} vs {ref} PQ {a['pq']:.2f}, identical pixels {100 * a['pixels']:.3f} %"
+             for r in rows if r.agreement for ref, a in r.agreement.items()]
+    if agree:
+        md.append("Agreement on these images (PQ of the output scored against the reference's output, 100 = the "
+                  "same segments): " + "; ".join(agree))
     from benchmarks.op_profile import format_profile
 
     for r in rows:

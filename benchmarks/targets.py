@@ -25,7 +25,7 @@ from runtime.result import PanopticResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BACKENDS = ("pytorch", "ort_fp32", "ort_int8", "openvino", "trt_fp16", "trt_int8", "mmdet")
+BACKENDS = ("pytorch", "ort_fp32", "ort_int8", "openvino", "openvino_int8", "trt_fp16", "trt_int8", "mmdet")
 # the backends that return panoptic results (mmdet is a timing row: its results are compared with
 # ours by the parity tests, tests/reference)
 RESULT_BACKENDS = tuple(b for b in BACKENDS if b != "mmdet")
@@ -34,6 +34,7 @@ BACKEND_HELP = {
     "ort_fp32": "ONNX Runtime CPU, ort-flavor export, float32",
     "ort_int8": "ONNX Runtime CPU, static INT8 (Q/DQ) of the ort-flavor export",
     "openvino": "OpenVINO CPU (f32) on the ort-flavor export",
+    "openvino_int8": "OpenVINO CPU on the same static INT8 (Q/DQ) model as ort_int8 (one calibration)",
     "trt_fp16": "TensorRT FP16 engine + CUDA post-processing (needs a GPU and TensorRT)",
     "trt_int8": "TensorRT INT8 engine + CUDA post-processing (needs a GPU and TensorRT)",
     "mmdet": "mmdetection 3.3 itself (what a user would run instead), where the parity tests' reference "
@@ -248,7 +249,8 @@ def make_target(name: str, *, ckpt: Path, workdir: Path, threads: int, calib_ima
         "pytorch": lambda: Target(name, "ok", model_file=ckpt, predictor=TorchTarget(ckpt, threads)),
         "ort_fp32": lambda: _runtime(name, onnx_file(ckpt, workdir), Predictor, threads=threads),
         "ort_int8": lambda: _runtime(name, int8_file(ckpt, workdir, calib_images), Predictor, threads=threads),
-        "openvino": lambda: _openvino(name, ckpt, workdir, threads),
+        "openvino": lambda: _openvino(name, onnx_file(ckpt, workdir), threads),
+        "openvino_int8": lambda: _openvino(name, int8_file(ckpt, workdir, calib_images), threads),
         "trt_fp16": lambda: _tensorrt(name, ckpt, workdir, "fp16", None, calib_images),
         "trt_int8": lambda: _tensorrt(name, ckpt, workdir, "int8", calib_dir, calib_images),
         "mmdet": lambda: Target(name, "ok", model_file=ckpt, predictor=MmdetTarget(ckpt, threads, workdir / "mmdet")),
@@ -268,14 +270,13 @@ def _runtime(name: str, model: Path, predictor_cls, **kwargs) -> Target:
     return Target(name, "ok", model_file=model, predictor=RuntimeTarget(predictor_cls(model, **kwargs)))
 
 
-def _openvino(name: str, ckpt: Path, workdir: Path, threads: int) -> Target:
+def _openvino(name: str, model: Path, threads: int) -> Target:
     try:
         import openvino  # noqa: F401
     except ImportError:
         raise _Skip("OpenVINO is not installed (pip install openvino)") from None
     from runtime.predictor import Predictor
 
-    model = onnx_file(ckpt, workdir)
     return Target(name, "ok", model_file=model,
                   predictor=RuntimeTarget(Predictor(model, backend="openvino", threads=threads)))
 

@@ -12,7 +12,7 @@ worker has loaded its model, and images / s = images / (last finish - start). Ba
 measured with one process using all threads (1 x threads); layouts with batch size 1. Peak memory
 is the largest ``ru_maxrss`` of the configuration's workers (model, arena and buffers included).
 
-Backends: those of benchmarks/fps.py that open a runtime Predictor (ort_fp32, ort_int8,
+Backends: those of benchmarks/fps.py that open a runtime Predictor (ort_fp32, ort_int8, openvino_int8,
 openvino) and pytorch (batch size 1 only: the PyTorch predictor takes one image per call here).
 Models come from the same cache as fps.py (--workdir). Writes OUT/throughput.json and .md.
 """
@@ -31,7 +31,7 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RUNTIME_BACKENDS = ("ort_fp32", "ort_int8", "openvino")
+RUNTIME_BACKENDS = ("ort_fp32", "ort_int8", "openvino", "openvino_int8")
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _worker(backend: str, model: str, threads: int, batch_size: int, images: lis
     else:
         from runtime.predictor import Predictor
 
-        predictor = Predictor(model, backend="openvino" if backend == "openvino" else None, threads=threads,
+        predictor = Predictor(model, backend="openvino" if backend.startswith("openvino") else None, threads=threads,
                               batch_size=batch_size)
         run = predictor.predict_batch
     run(images[:batch_size])  # warm-up

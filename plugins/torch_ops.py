@@ -106,7 +106,9 @@ def _roi_align_symbolic(g, rois, p2, p3, p4, p5, output_size, sampling_ratio, fi
                    plugin_namespace_s=PLUGIN_NAMESPACE, plugin_version_s=PLUGIN_VERSION)
         out.setType(p2.type().with_sizes([None, None, size, size]))
         return out
-    # ort: per level NonZero -> GatherND -> RoiAlign (half_pixel) -> ScatterND
+    # ort: per level NonZero -> GatherND -> RoiAlign (half_pixel); the levels' rows concatenated
+    # and put back in RoI order by one Gather (a ScatterND per level into a zero tensor copied the
+    # whole (N, C, size, size) output once per level)
     col = lambda i: g.op("Squeeze", g.op("Slice", rois, _const(g, [i]), _const(g, [i + 1]), _const(g, [1])),
                          _const(g, [1]))
     x1, y1, x2, y2 = col(1), col(2), col(3), col(4)
@@ -120,18 +122,24 @@ def _roi_align_symbolic(g, rois, p2, p3, p4, p5, output_size, sampling_ratio, fi
         level = ge if level is None else g.op("Add", level, ge)
     boxes = g.op("Slice", rois, _const(g, [1]), _const(g, [5]), _const(g, [1]))
     batch = g.op("Cast", col(0), to_i=7)
-    shape = g.op("Concat", g.op("Slice", g.op("Shape", rois), _const(g, [0]), _const(g, [1])),
-                 g.op("Slice", g.op("Shape", p2), _const(g, [1]), _const(g, [2])), _const(g, [size, size]), axis_i=0)
-    out = g.op("ConstantOfShape", shape, value_t=torch.tensor([0.0], dtype=torch.float32))
+    pooled, roi_index = [], []
     for k, (feat, scale) in enumerate(zip(feats, scales)):
         # NonZero on a float 0/1 mask: TensorRT's NonZero takes FP32/FP16 only (onnx-tensorrt
         # docs/operators.md, 10.1 to 11.1), not the BOOL that Equal gives
         hit = g.op("Cast", g.op("Equal", level, _const(g, k)), to_i=1)
         idx = g.op("Transpose", g.op("NonZero", hit), perm_i=[1, 0])  # (n, 1)
-        pooled = g.op("RoiAlign", feat, g.op("GatherND", boxes, idx), g.op("GatherND", batch, idx),
-                      coordinate_transformation_mode_s="half_pixel", mode_s="avg", output_height_i=size,
-                      output_width_i=size, sampling_ratio_i=ratio, spatial_scale_f=scale)
-        out = g.op("ScatterND", out, idx, pooled)
+        pooled.append(g.op("RoiAlign", feat, g.op("GatherND", boxes, idx), g.op("GatherND", batch, idx),
+                           coordinate_transformation_mode_s="half_pixel", mode_s="avg", output_height_i=size,
+                           output_width_i=size, sampling_ratio_i=ratio, spatial_scale_f=scale))
+        roi_index.append(idx)
+    order = g.op("Concat", *roi_index, axis_i=0)  # (N, 1): the RoI of each concatenated row
+    count = g.op("Slice", g.op("Shape", order), _const(g, [0]), _const(g, [1]), _const(g, [0]))  # [N]
+    # row of each RoI: positions scattered in float (exact below 2**24 RoIs), then int64
+    rows = g.op("Range", _const(g, 0.0, torch.float32), g.op("Cast", g.op("Squeeze", count, _const(g, [0])), to_i=1),
+                _const(g, 1.0, torch.float32))
+    zeros = g.op("ConstantOfShape", count, value_t=torch.tensor([0.0], dtype=torch.float32))
+    row_of = g.op("Cast", g.op("ScatterND", zeros, order, rows), to_i=7)
+    out = g.op("Gather", g.op("Concat", *pooled, axis_i=0), row_of, axis_i=0)
     out.setType(p2.type().with_sizes([None, None, size, size]))
     return out
 

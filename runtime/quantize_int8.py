@@ -5,7 +5,10 @@ calibrated on N images with the runtime's own pre-processing.
     python runtime/quantize_int8.py --onnx model_ort.onnx --calib-images data/synthetic/train2017 --out model_int8.onnx
 
 Everything after the network heads (proposal decoding, NMS, RoIAlign, softmax, box decoding)
-stays float32. Torch-free.
+stays float32. Torch-free. The same file runs on OpenVINO (``Predictor(path, backend="openvino")``,
+which turns the Q/DQ pairs into its own int8 kernels): one calibration for both backends. On the
+R-50 stand-in at 800x1333 (2 threads) OpenVINO's network took 0.90 s against ONNX Runtime's 1.10 s,
+mostly its RoIAlign and the float parts between the int8 convolutions.
 
 Why the graph is prepared before and fixed up after ``quantize_static`` (measured on the R-50
 export, 800x1333, 2 threads, AVX-512 VNNI CPU, ONNX Runtime 1.32):

@@ -19,12 +19,21 @@ def _run(script, *args):
 
 def test_fps_smoke(tiny_checkpoint, synthetic_root, tmp_path):
     proc = _run("fps.py", "--ckpt", tiny_checkpoint, "--images", synthetic_root / "val2017", "--count", "1",
-                "--runs", "2", "--warmup", "0", "--threads", "1", "--backends", "pytorch,ort_fp32,trt_fp16",
-                "--workdir", tmp_path / "deploy", "--out", tmp_path / "out")
+                "--runs", "2", "--warmup", "0", "--threads", "1", "--backends",
+                "pytorch,ort_fp32,openvino_int8,trt_fp16", "--calib-count", "4", "--workdir", tmp_path / "deploy",
+                "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((tmp_path / "out" / "fps.json").read_text())
     rows = {r["backend"]: r for r in data["rows"]}
-    assert set(rows) == {"pytorch", "ort_fp32", "trt_fp16"}
+    assert set(rows) == {"pytorch", "ort_fp32", "openvino_int8", "trt_fp16"}
+    # agreement with the PyTorch predictor's output on the same images (int8: also its float model's)
+    assert set(rows["ort_fp32"]["agreement"]) == {"pytorch"}
+    assert rows["ort_fp32"]["agreement"]["pytorch"]["pixels"] > 0.99
+    if rows["openvino_int8"]["status"] == "ok":
+        assert rows["openvino_int8"]["peak_kind"] == "int8"
+        assert set(rows["openvino_int8"]["agreement"]) == {"pytorch"}  # the openvino float row was not run
+    else:
+        assert "OpenVINO" in rows["openvino_int8"]["reason"]
     for name in ("pytorch", "ort_fp32"):
         r = rows[name]
         assert r["status"] == "ok" and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["fps"] > 0
@@ -45,7 +54,7 @@ def test_fps_smoke(tiny_checkpoint, synthetic_root, tmp_path):
     assert "ort_fp32" in data["speedup"]
     md = (tmp_path / "out" / "fps.md").read_text()
     assert "| backend | status | file MB | median ms | min / max ms | p90 ms | fps |" in md and "skipped" in md
-    assert "Machine limit" in md and "% of fp32" in md
+    assert "Machine limit" in md and "% of fp32" in md and "Agreement on these images" in md
     assert (tmp_path / "out" / "fps.png").stat().st_size > 1000
 
 

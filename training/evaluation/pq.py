@@ -305,6 +305,28 @@ def pq_stat_single(gt_ids: np.ndarray, gt_segments: Sequence[Mapping[str, Any]],
     return stat
 
 
+def agreement_with_reference(reference: Sequence[tuple[np.ndarray, Sequence[Mapping[str, Any]]]],
+                             predictions: Sequence[tuple[np.ndarray, Sequence[Mapping[str, Any]]]],
+                             categories: CategoriesLike) -> dict[str, float]:
+    """How closely one predictor's panoptic output follows another's on the same images, without
+    ground truth: PQ of ``predictions`` scored against ``reference`` taken as the ground truth
+    (100 = the same segments), and the share of pixels with the same segment id.
+
+    reference, predictions: per image (id map, segments_info) -> {"pq", "pixels"}.
+    """
+    if len(reference) != len(predictions):
+        raise ValueError(f"{len(reference)} reference images but {len(predictions)} predictions")
+    stat = PQStat()
+    same = total = 0
+    for i, ((ref_ids, ref_segments), (ids, segments)) in enumerate(zip(reference, predictions)):
+        gt_segments = [{"id": s["id"], "category_id": s["category_id"], "iscrowd": 0, "area": s["area"]}
+                       for s in ref_segments]
+        stat += pq_stat_single(ref_ids, gt_segments, ids, segments, categories, image_id=i)
+        same += int(np.count_nonzero(np.asarray(ref_ids) == np.asarray(ids)))
+        total += int(np.asarray(ref_ids).size)
+    return {"pq": 100.0 * stat.result(categories).all["pq"], "pixels": same / max(total, 1)}
+
+
 def _load_json(path: str | os.PathLike) -> Any:
     with open(path, "r", encoding="utf-8") as f:
         return json.load(f)

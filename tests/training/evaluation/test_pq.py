@@ -361,3 +361,26 @@ def test_pq_compute_missing_prediction_and_png_errors(tmp_path):
         pq_compute(tmp_path / "gt.json", tmp_path / "pred.json")
     with pytest.raises(FileNotFoundError):
         pq_compute(tmp_path / "gt.json", tmp_path / "pred.json", pred_folder=tmp_path / "nope")
+
+
+def test_agreement_with_reference_hand_computed():
+    from training.evaluation.pq import agreement_with_reference
+
+    # image 1: reference person [0, 6) + sky [6, 10); the other output grows the person to [0, 8):
+    # person IoU 6/8 (TP), sky IoU 2/4 = 0.5 is not a match (FN + FP). Person PQ 0.75, sky 0.
+    # image 2: identical sky. Sky then has TP 1 (IoU 1), FP 1, FN 1 -> PQ 1 / 2 = 0.5.
+    # PQ = (0.75 + 0.5) / 2 = 62.5; pixels with the same id: 8 of 10 and 4 of 4 -> 12 / 14.
+    ref1 = strip((1, 6), (2, 4))
+    out1 = strip((1, 8), (2, 2))
+    ref2 = out2 = strip((3, 4))
+    reference = [(ref1, [{"id": 1, "category_id": PERSON, "area": 6}, {"id": 2, "category_id": SKY, "area": 4}]),
+                 (ref2, [{"id": 3, "category_id": SKY, "area": 4}])]
+    others = [(out1, [{"id": 1, "category_id": PERSON, "area": 8}, {"id": 2, "category_id": SKY, "area": 2}]),
+              (out2, [{"id": 3, "category_id": SKY, "area": 4}])]
+    got = agreement_with_reference(reference, others, CATS)
+    assert got["pq"] == pytest.approx(62.5, abs=1e-9)
+    assert got["pixels"] == pytest.approx(12 / 14)
+    same = agreement_with_reference(reference, reference, CATS)
+    assert same == {"pq": 100.0, "pixels": 1.0}
+    with pytest.raises(ValueError, match="2 reference images but 1"):
+        agreement_with_reference(reference, others[:1], CATS)
