@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = {"PyTorch eager": "pytorch", "ONNX Runtime fp32": "ort_fp32", "ONNX Runtime int8": "ort_int8",
-         "OpenVINO f32": "openvino"}
+         "OpenVINO f32": "openvino", "OpenVINO int8": "openvino_int8"}
 
 
 def _table_after(text: str, heading: str) -> list[list[str]]:
@@ -27,7 +27,7 @@ def test_machine_limit_table_matches_its_json():
     data = json.loads((ROOT / "benchmarks" / "results" / "fps_r50_limits.json").read_text())
     assert {"commit", "date", "cpu", "versions"} <= set(data["provenance"]) and data["command"]
     rows = {r["backend"]: r for r in data["rows"]}
-    table = _table_after(readme, "**The machine's limit**")
+    table = _table_after(readme, "**The machine's limit")
     assert [NAMES[cells[0]] for cells in table] == list(NAMES.values())
     for cells in table:
         r = rows[NAMES[cells[0]]]
@@ -65,3 +65,19 @@ def test_mmdet_sentence_matches_its_json():
     assert (f"it took {rows['mmdet']['median_ms']:.0f} ms per image against our PyTorch predictor's "
             f"{rows['pytorch']['median_ms']:.0f} ms and ONNX Runtime int8's {rows['ort_int8']['median_ms']:.0f} ms"
             in " ".join(readme.split()))
+
+
+def test_repeat_table_matches_its_json():
+    readme = (ROOT / "README.md").read_text()
+    data = json.loads((ROOT / "benchmarks" / "results" / "fps_r50_repeats.json").read_text())
+    limits = json.loads((ROOT / "benchmarks" / "results" / "fps_r50_limits.json").read_text())
+    assert data["runs"] == 3 and data["all_stable"] and data["tolerance_pct"] == 10.0
+    assert data["commits"] == [limits["provenance"]["commit"]]  # the limits table is one of the three runs
+    names = dict(NAMES, **{"mmdetection 3.3": "mmdet"})
+    table = _table_after(readme, "**Three runs in a row**")
+    assert {names[cells[0]] for cells in table} == set(data["ratios"]) - {"pytorch"}
+    for cells in table:
+        r = data["ratios"][names[cells[0]]]
+        assert cells[1] == " / ".join(f"{v:.2f}" for v in r["per_run"]) and cells[2] == f"{r['median']:.2f}x"
+        assert cells[3] == f"{r['max_deviation_pct']:.1f} %"
+        assert limits["speedup"][names[cells[0]]] in r["per_run"]
