@@ -97,7 +97,7 @@ def _target_lines(r50: dict[str, dict], tiny_pq: dict[str, dict]) -> list[str]:
                      f"{100 * share:.1f}% ({int8['postprocess_ms']:.0f} of {int8['median_ms']:.0f} ms) | "
                      f"{'yes' if share <= TARGET_POST_SHARE else 'NO'} | |")
         for ref, a in (int8.get("agreement") or {}).items():
-            lines.append(f"| int8 vs {ref} on the R-50 images (reported) | PQ {a['pq']:.2f}, identical pixels "
+            lines.append(f"| {int8['backend']} vs {ref} on the R-50 images (reported) | PQ {a['pq']:.2f}, identical pixels "
                          f"{100 * a['pixels']:.2f}% | - | |")
     a = tiny_pq.get("ort_fp32")
     for b in (tiny_pq.get(n) for n in INT8_BACKENDS):

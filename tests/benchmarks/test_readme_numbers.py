@@ -81,3 +81,18 @@ def test_repeat_table_matches_its_json():
         assert cells[1] == " / ".join(f"{v:.2f}" for v in r["per_run"]) and cells[2] == f"{r['median']:.2f}x"
         assert cells[3] == f"{r['max_deviation_pct']:.1f} %"
         assert limits["speedup"][names[cells[0]]] in r["per_run"]
+
+
+def test_targets_table_matches_the_demo_run():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    data = json.loads((ROOT / "benchmarks" / "results" / "fps_r50_800x1333.json").read_text())
+    pq = {r["backend"]: r for r in json.loads((ROOT / "benchmarks" / "results" / "pq_parity.json").read_text())["rows"]}
+    rows = {r["backend"]: r for r in data["rows"]}
+    base = rows["pytorch"]["median_ms"]
+    assert f"**{base / rows['ort_fp32']['median_ms']:.2f}x** ({rows['ort_fp32']['median_ms']:.0f} vs {base:.0f} ms)" in readme
+    assert f"**{base / rows['openvino_int8']['median_ms']:.2f}x** OpenVINO int8 ({rows['openvino_int8']['median_ms']:.0f} ms" in readme
+    assert f"**{rows['openvino']['peak_pct']:.1f}%** OpenVINO f32" in readme
+    assert f"**{rows['ort_fp32']['postprocess_ms']:.1f} ms** (fp32 outputs), **{rows['openvino_int8']['postprocess_ms']:.1f} ms**" in readme
+    assert f"**{pq['ort_fp32']['pq'] - pq['ort_int8']['pq']:.2f}** ONNX Runtime int8" in readme
+    for name, label in (("ort_fp32", "ONNX Runtime fp32"), ("openvino_int8", "OpenVINO int8")):
+        assert f"| {label} | {pq[name]['pq']:.2f} |" in readme  # the PQ table of the same run

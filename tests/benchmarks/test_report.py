@@ -37,7 +37,7 @@ def test_targets_met_and_missed(tmp_path):
     assert "(random-weight R-50, ort_fp32 outputs) | 45.0 ms | yes" in text
     assert "(random-weight R-50, ort_int8 outputs) | 90.0 ms | NO | over by 40.0 ms" in text
     assert "4.5% (90 of 2000 ms) | yes" in text  # post-processing share of int8
-    assert "int8 vs ort_fp32 on the R-50 images (reported) | PQ 97.25, identical pixels 99.12%" in text
+    assert "| ort_int8 vs ort_fp32 on the R-50 images (reported) | PQ 97.25, identical pixels 99.12%" in text
     assert "ort_int8 PQ drop <= 1.0" in text and "1.50 (88.40 -> 86.90) | NO" in text
     assert "| total | 600 |" in text
 
