@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 
-.PHONY: setup reference demo test clean-demo
+.PHONY: setup reference triton demo test clean-demo
 
 setup: .setup.stamp
 .setup.stamp: pyproject.toml
@@ -19,12 +19,18 @@ reference: .mmref/.installed
 .mmref/.installed: tests/reference/reference_env.py
 	$(PYTHON) tests/reference/reference_env.py
 
+# The tritonserver binary that nvidia-pytriton bundles, in .triton/ (its Python dependencies pin
+# numpy < 2, so it is unpacked without them); the serving tests start it (runtime/triton_server.py).
+triton: .triton/.installed
+.triton/.installed: runtime/triton_server.py
+	$(PYTHON) -m runtime.triton_server --install
+
 demo: setup
 	$(PYTHON) benchmarks/main_job.py
 	@echo "report: work_dirs/report/REPORT.md"
 
 # loadgroup: the mmdetection parity tests share one worker (and its reference runs)
-test: setup reference
+test: setup reference triton
 	$(PYTHON) -m pytest -n 2 --dist loadgroup tests
 
 clean-demo:

@@ -149,6 +149,22 @@ def _read_onnx_metadata(path: Path) -> ModelMetadata:
         raise ModelError(f"{path}: {e}") from e
 
 
+def read_model_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """What an exported file says about itself: an .onnx file's metadata, or a TensorRT engine's
+    (from its sidecar, runtime/trt/engine_file.py); neither loads the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix.lower() in (".engine", ".plan"):
+        from runtime.trt.engine_file import read_engine_info
+
+        try:
+            return ModelMetadata.from_props(read_engine_info(path).model_metadata)
+        except ValueError as e:
+            raise ModelError(f"{path}: {e}") from e
+    return _read_onnx_metadata(path)
+
+
 def choose_backend(path: str | os.PathLike, backend: str | None = None) -> str:
     """The backend by argument ("onnxruntime", "openvino", "tensorrt") or by file type
     (.onnx -> onnxruntime, .engine/.plan -> tensorrt)."""

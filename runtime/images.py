@@ -53,6 +53,41 @@ def _truncated(data: bytes) -> str | None:
     return None
 
 
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG IHDR or a JPEG SOF header, read before decoding; None if the
+    format is another or the header is not found."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                return None
+            marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            i += 2 + length
+    return None
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, ... as OpenCV reads them) -> (H, W, 3) uint8 BGR, refusing
+    empty, truncated, undecodable or oversized data (checked from the header, before decoding)."""
+    if not data:
+        raise ImageError(f"{name}: empty data, not an image")
+    reason = _truncated(data)
+    if reason:
+        raise ImageError(f"{name}: truncated image data ({reason})")
+    size = _header_size(data)
+    if size is not None and (max(size) > MAX_SIDE or size[0] * size[1] > MAX_PIXELS):
+        raise ImageError(f"{name}: the header says {size[0]}x{size[1]}, too large (at most {MAX_SIDE} px per side "
+                         f"and {MAX_PIXELS} pixels); downscale it first")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"{name}: cannot decode the data as an image (corrupt or unsupported format)")
+    return check_image(image, name)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (cv2.IMREAD_COLOR), refusing corrupt or
     truncated files instead of returning half-decoded pixels."""
@@ -65,13 +100,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = path.read_bytes()
     if not data:
         raise ImageError(f"{path}: empty file")
-    reason = _truncated(data)
-    if reason:
-        raise ImageError(f"{path}: truncated image file ({reason})")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageError(f"{path}: cannot decode the file as an image (corrupt or unsupported format)")
-    return check_image(image, str(path))
+    return decode_image(data, str(path))
 
 
 def load_image(image: np.ndarray | str | os.PathLike, name: str = "image") -> np.ndarray:

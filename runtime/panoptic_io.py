@@ -52,13 +52,25 @@ def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
     return rgb2id(bgr[..., ::-1])
 
 
+def encode_panoptic_png(ids: np.ndarray) -> bytes:
+    """An (H, W) id map as the bytes of a COCO panoptic PNG (RGB = id % 256, id // 256 % 256, ...)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(id2rgb(ids)[..., ::-1]))
+    if not ok:
+        raise OSError(f"PNG encoding failed for an id map of shape {np.shape(ids)}")
+    return buf.tobytes()
+
+
+def decode_panoptic_png(data: bytes) -> np.ndarray:
+    """The bytes of a COCO panoptic PNG -> (H, W) int64 id map."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a PNG image")
+    return rgb2id(bgr[..., ::-1])
+
+
 def write_panoptic_png(path: str | os.PathLike, ids: np.ndarray) -> None:
     """Write an (H, W) id map as a COCO panoptic PNG (atomically: no half-written file)."""
-    rgb = id2rgb(ids)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, encode_panoptic_png(ids))
 
 
 def temporary_sibling(path: str | os.PathLike) -> str:

@@ -59,6 +59,28 @@ class Prediction:
     timings: Timings = field(default_factory=Timings)
 
 
+def prediction_single_image(outputs: dict[str, np.ndarray], index: int, *, original_size: tuple[int, int],
+                            resized_size, scale_factor: tuple[float, float], metadata, categories: CategoryTable
+                            ) -> Prediction:
+    """Image ``index`` of a network call's outputs (runtime/contract.py) -> its Prediction: the
+    numpy post-processing with the thresholds the model file records. What Predictor does after
+    the network, for callers that run the network themselves (the Triton model, runtime/triton_models)."""
+    n = int(outputs["num_detections"][index])
+    boxes = outputs["boxes"][index, :n]
+    scores = outputs["scores"][index, :n]
+    labels = outputs["labels"][index, :n]
+    post = postprocess_single_image(
+        boxes, scores, labels, outputs["mask_probs"][index, :n], outputs["semantic_logits"][index],
+        resized_size=(int(resized_size[0]), int(resized_size[1])), original_size=tuple(original_size[:2]),
+        scale_factor=scale_factor, num_thing_classes=metadata.num_thing_classes,
+        mask_threshold=metadata.mask_threshold, mask_overlap_threshold=metadata.mask_overlap_threshold,
+        stuff_area_limit=metadata.stuff_area_limit, instance_offset=metadata.instance_offset)
+    result = to_panoptic_result(post, categories, scores)
+    sx, sy = scale_factor
+    boxes_orig = boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
+    return Prediction(result, post.label_map, boxes_orig, scores.copy(), labels.copy())
+
+
 class Predictor:
     """Panoptic FPN from an exported file.
 
@@ -135,22 +157,11 @@ class Predictor:
         preds = []
         for i, image in enumerate(bgr):
             t_start = time.perf_counter()
-            n = int(outputs["num_detections"][i])
-            boxes = outputs["boxes"][i, :n]
-            scores = outputs["scores"][i, :n]
-            labels = outputs["labels"][i, :n]
-            post = postprocess_single_image(
-                boxes, scores, labels, outputs["mask_probs"][i, :n], outputs["semantic_logits"][i],
-                resized_size=(int(sizes[i][0]), int(sizes[i][1])), original_size=image.shape[:2],
-                scale_factor=factors[i], num_thing_classes=meta.num_thing_classes,
-                mask_threshold=meta.mask_threshold, mask_overlap_threshold=meta.mask_overlap_threshold,
-                stuff_area_limit=meta.stuff_area_limit, instance_offset=meta.instance_offset)
-            result = to_panoptic_result(post, self.categories, scores)
-            sx, sy = factors[i]
-            boxes_orig = boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
-            timing = Timings(preprocess=(t1 - t0) / len(bgr), network=(t2 - t1) / len(bgr),
-                             postprocess=time.perf_counter() - t_start, images=1)
-            preds.append(Prediction(result, post.label_map, boxes_orig, scores.copy(), labels.copy(), timing))
+            pred = prediction_single_image(outputs, i, original_size=image.shape[:2], resized_size=sizes[i],
+                                           scale_factor=factors[i], metadata=meta, categories=self.categories)
+            pred.timings = Timings(preprocess=(t1 - t0) / len(bgr), network=(t2 - t1) / len(bgr),
+                                   postprocess=time.perf_counter() - t_start, images=1)
+            preds.append(pred)
         return preds
 
     def _predict_on_device(self, bgr: list[np.ndarray], batch: np.ndarray, sizes: np.ndarray,

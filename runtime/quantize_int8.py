@@ -413,11 +413,11 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from runtime.backends import _read_onnx_metadata
+    from runtime.backends import read_model_metadata
     from runtime.panoptic_io import atomic_output
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    metadata = _read_onnx_metadata(onnx_path)
+    metadata = read_model_metadata(onnx_path)
     if metadata.flavor != "ort":
         raise ValueError(f"{onnx_path}: quantize the ort flavor (standard ONNX ops); this file is {metadata.flavor!r}")
     if not calib_images:

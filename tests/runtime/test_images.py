@@ -52,3 +52,34 @@ def test_files(tmp_path):
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), img[..., 0])
     assert read_image(grey).shape == (40, 50, 3)  # files are decoded as colour, like the reference
+
+
+def test_decode_image_reads_what_read_image_reads(tmp_path):
+    from runtime.images import decode_image, read_image
+
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    for ext in (".png", ".jpg"):
+        path = tmp_path / f"a{ext}"
+        cv2.imwrite(str(path), image)
+        assert np.array_equal(decode_image(path.read_bytes()), read_image(path))
+
+
+def test_decode_image_refuses_bad_data_by_name():
+    from runtime.images import decode_image
+
+    with pytest.raises(ImageError, match="request 3: empty data"):
+        decode_image(b"", "request 3")
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode_image(b"not an image at all", "x")
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(png[:-20], "x")
+    # a header claiming 30000 x 30000: refused before anything is decoded (or allocated)
+    huge_png = png[:16] + (30000).to_bytes(4, "big") + (30000).to_bytes(4, "big") + png[24:]
+    with pytest.raises(ImageError, match="the header says 30000x30000, too large"):
+        decode_image(huge_png, "x")
+    jpg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    sof = next(i for i in range(2, len(jpg) - 1) if jpg[i] == 0xFF and jpg[i + 1] == 0xC0)
+    huge_jpg = jpg[:sof + 5] + (30000).to_bytes(2, "big") + (20000).to_bytes(2, "big") + jpg[sof + 9:]
+    with pytest.raises(ImageError, match="30000x20000, too large"):
+        decode_image(huge_jpg, "x")
