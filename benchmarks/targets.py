@@ -336,6 +336,30 @@ def default_images(count: int, size: tuple[int, int] | None, folder: Path | None
     return [make_synthetic_sample(np.random.default_rng(1000 + i), h, w)[0] for i in range(count)]
 
 
+def add_benchmark_arguments(p, *, count: int, count_help: str) -> None:
+    """The arguments the benchmark scripts share: --ckpt, --images, --size, --count,
+    --calib-count, --workdir (read them with :func:`benchmark_images`)."""
+    from benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES
+
+    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
+    p.add_argument("--images", help=f"folder of images (default {DEFAULT_IMAGES} when it exists and no --size)")
+    p.add_argument("--size", help="generate synthetic images of this HxW instead")
+    p.add_argument("--count", type=int, default=count, help=f"{count_help} (default {count})")
+    p.add_argument("--calib-count", type=int, default=16, help="calibration images for the int8 backends")
+    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy, as fps.py)")
+
+
+def benchmark_images(*, images: str | None, size: tuple[int, int] | None, count: int) -> list[np.ndarray]:
+    """The images of a benchmark script as BGR arrays: ``images`` (a folder), else the demo's val
+    split when it exists and no ``size`` is asked, else generated synthetic images of ``size``."""
+    import cv2
+
+    from benchmarks.fps import DEFAULT_IMAGES
+
+    folder = Path(images) if images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)
+    return [cv2.imread(str(im)) if isinstance(im, Path) else im for im in default_images(count, size, folder)]
+
+
 def env_threads(threads: int) -> None:
     """Apply the thread count to this process's libraries: the OpenMP/BLAS variables for those
     that have not started their threads yet, and OpenCV's pool (resize, pasting) directly, as it

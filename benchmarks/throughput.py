@@ -19,12 +19,11 @@ Models come from the same cache as fps.py (--workdir). Writes OUT/throughput.jso
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -147,27 +146,21 @@ def format_throughput_table(rows: Sequence[ThroughputRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES, parse_size
+    from benchmarks.fps import parse_size
+    from benchmarks.targets import add_benchmark_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
+    add_benchmark_arguments(p, count=8, count_help="images per configuration")
     p.add_argument("--backends", default="ort_fp32,ort_int8", help="comma-separated: pytorch, " + ", ".join(RUNTIME_BACKENDS))
-    p.add_argument("--images", help=f"folder of images (default {DEFAULT_IMAGES} when it exists and no --size)")
-    p.add_argument("--size", help="generate synthetic images of this HxW instead")
-    p.add_argument("--count", type=int, default=8, help="images per configuration (default 8)")
     p.add_argument("--batch-sizes", default="1,2,4", help="batch sizes at 1 x --threads (default 1,2,4)")
     p.add_argument("--layouts", default="1x2,2x1", help="processes x threads at batch 1 (default 1x2,2x1)")
     p.add_argument("--threads", type=int, default=2, help="threads of the single-process configurations")
-    p.add_argument("--calib-count", type=int, default=16, help="calibration images for ort_int8")
-    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy, as fps.py)")
     p.add_argument("--out", default="work_dirs/bench", help="folder for throughput.json / .md")
     args = p.parse_args(argv)
 
-    import cv2
-
     from benchmarks.fps import save_calibration
-    from benchmarks.machine_limits import provenance
-    from benchmarks.targets import checked_cli_inputs, default_images
+    from benchmarks.machine_limits import save_results
+    from benchmarks.targets import benchmark_images, checked_cli_inputs, default_images
 
     try:
         ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
@@ -177,23 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     size = parse_size(args.size)
-    folder = Path(args.images) if args.images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)
-    images = [cv2.imread(str(im)) if isinstance(im, Path) else im for im in default_images(args.count, size, folder)]
+    images = benchmark_images(images=args.images, size=size, count=args.count)
     workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
     calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
     calib = save_calibration(default_images(args.calib_count, size, None), calib_dir)
     rows = run_throughput(ckpt=ckpt, backends=backends, images=images, batch_sizes=batch_sizes, layouts=layouts,
                           threads=args.threads, workdir=workdir, calib_images=calib)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = format_throughput_table(rows)
     what = f"{ckpt.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}"
-    (out / "throughput.md").write_text(f"# throughput: {what}\n\n{table}\n")
-    (out / "throughput.json").write_text(json.dumps({
-        "what": what, "rows": [asdict(r) for r in rows], "provenance": provenance(),
-        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}, indent=2))
-    print(table)
-    print(f"wrote {out / 'throughput.json'}, {out / 'throughput.md'}")
+    save_results(Path(args.out), "throughput", what=what, table=format_throughput_table(rows), rows=rows,
+                 script="throughput.py", argv=argv)
     return 0
 
 
