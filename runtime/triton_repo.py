@@ -3,6 +3,7 @@
     python runtime/triton_repo.py --model model_ort.onnx --out model_repository
     python runtime/triton_repo.py --model model_int8.onnx --out repo --instances 2 --threads 1
     python runtime/triton_repo.py --model model_trt_fp16.engine --network-backend tensorrt --out repo
+    python runtime/triton_repo.py --model model_trt.onnx --network-backend tensorrt --out repo   # engine built later
 
 Two models (both read the exported file's own metadata, which the panoptic model's config
 carries as the parameter ``pfpn_metadata``: categories, sizes, thresholds):
@@ -15,7 +16,11 @@ carries as the parameter ``pfpn_metadata``: categories, sizes, thresholds):
 * ``pfpn_network``: the exported network, by ``--network-backend``: ``python`` (this project's
   ONNX Runtime backend inside the Python backend: what runs with the bundled tritonserver on a
   CPU), ``onnxruntime`` (Triton's native ONNX Runtime backend, NVIDIA's containers) or
-  ``tensorrt`` (a ``.engine`` as ``model.plan``: the engine carries its plugins).
+  ``tensorrt`` (a ``.engine`` as ``model.plan``: the engine carries its plugins). Engines are tied
+  to a GPU model and TensorRT version, so a ``trt``-flavor ``.onnx`` is accepted too: it must pass
+  TensorRT's ONNX rules (runtime/trt/conformance.py, 0 errors), is stored as ``model.onnx`` next to
+  where ``model.plan`` goes, and the printed ``runtime/build_engine.py`` command builds the plan on
+  the serving machine.
 
 The folder is written to a temporary sibling and renamed into place: nothing half-written.
 Torch-free.
@@ -93,6 +98,21 @@ def network_config(*, network_backend: str, model_file: str, instances: int, thr
     return text
 
 
+def check_trt_onnx(model: Path, flavor: str) -> None:
+    """A trt-flavor .onnx that TensorRT's ONNX parser accepts (runtime/trt/conformance.py), or
+    ValueError listing what it would refuse."""
+    import onnx
+
+    from runtime.trt.conformance import check_onnx
+
+    if flavor != "trt":
+        raise ValueError(f"{model}: the tensorrt network backend needs a trt-flavor export (custom RoIAlign / NMS "
+                         f"plugins) or its engine; this file is the {flavor!r} flavor")
+    report = check_onnx(onnx.load(str(model), load_external_data=False))
+    if report.errors:
+        raise ValueError(f"{model}: {len(report.errors)} TensorRT conformance errors:\n{report.format(notes=False)}")
+
+
 def write_model_repository(*, model: str | os.PathLike, out: str | os.PathLike, network_backend: str = "python",
                            instances: int = 1, threads: int = 1, max_batch_size: int = 8, queue_delay_us: int = 5000,
                            runtime_backend: str | None = None, overwrite: bool = False) -> Path:
@@ -106,16 +126,17 @@ def write_model_repository(*, model: str | os.PathLike, out: str | os.PathLike, 
     if instances < 1 or threads < 1 or max_batch_size < 1 or queue_delay_us < 0:
         raise ValueError("instances, threads and max_batch_size must be >= 1 and the queue delay >= 0")
     is_engine = model.suffix.lower() in (".engine", ".plan")
-    if (network_backend == "tensorrt") != is_engine:
-        raise ValueError(f"{model}: the tensorrt network backend serves TensorRT engines (.engine) and the others "
-                         f"serve .onnx files; build one with runtime/build_engine.py")
+    if is_engine and network_backend != "tensorrt":
+        raise ValueError(f"{model}: a TensorRT engine is served by --network-backend tensorrt")
     metadata = read_model_metadata(model)
+    if network_backend == "tensorrt" and not is_engine:
+        check_trt_onnx(model, metadata.flavor)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model_file = "model.plan" if network_backend == "tensorrt" else "model.onnx"
+        model_file = "model.plan" if is_engine else "model.onnx"
         for name in (PANOPTIC_MODEL, NETWORK_MODEL):
             (tmp / name / "1").mkdir(parents=True)
         shutil.copy2(MODELS_DIR / "panoptic.py", tmp / PANOPTIC_MODEL / "1" / "model.py")
@@ -159,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({PANOPTIC_MODEL} + {NETWORK_MODEL}, network backend {args.network_backend})")
+    if args.network_backend == "tensorrt" and Path(args.model).suffix.lower() == ".onnx":
+        net = out / NETWORK_MODEL / "1"
+        print(f"then, on the serving GPU: python runtime/build_engine.py --onnx {net / 'model.onnx'} --fp16 "
+              f"--out {net / 'model.plan'}")
     return 0
 
 

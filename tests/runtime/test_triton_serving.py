@@ -207,8 +207,11 @@ def test_repository_layout_and_config(tiny_onnx, tmp_path):
 
 
 def test_repository_refuses_bad_requests_and_writes_nothing(tiny_onnx, tmp_path):
-    with pytest.raises(ValueError, match="tensorrt network backend serves TensorRT engines"):
-        write_model_repository(model=tiny_onnx, out=tmp_path / "a", network_backend="tensorrt")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not read")
+    with pytest.raises(ValueError, match="a TensorRT engine is served by --network-backend tensorrt"):
+        write_model_repository(model=engine, out=tmp_path / "a")
+    engine.unlink()
     with pytest.raises(ValueError, match="network backend must be one of"):
         write_model_repository(model=tiny_onnx, out=tmp_path / "a", network_backend="tflite")
     with pytest.raises(ValueError, match="instances"):
@@ -219,3 +222,25 @@ def test_repository_refuses_bad_requests_and_writes_nothing(tiny_onnx, tmp_path)
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         write_model_repository(model=tiny_onnx, out=tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no half-written repository, no temporary left
+
+
+def test_tensorrt_repository_from_a_trt_flavor_file_passes_the_conformance_rules(tiny_trt_onnx, tiny_onnx, tmp_path):
+    import onnx
+    from onnx import helper
+
+    repo = write_model_repository(model=tiny_trt_onnx, out=tmp_path / "trt", network_backend="tensorrt")
+    config = (repo / "pfpn_network" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "KIND_GPU" in config
+    assert (repo / "pfpn_network" / "1" / "model.onnx").is_file()  # model.plan is built on the serving GPU
+    with pytest.raises(ValueError, match="needs a trt-flavor export"):
+        write_model_repository(model=tiny_onnx, out=tmp_path / "ort", network_backend="tensorrt")
+    # the graph from before the uint8 fix: a Transpose on the uint8 input, which TensorRT refuses
+    model = onnx.load(str(tiny_trt_onnx))
+    first = next(n for n in model.graph.node if "images" in n.input)
+    first.input[list(first.input).index("images")] = "images_nhwc"
+    model.graph.node.insert(0, helper.make_node("Transpose", ["images"], ["images_nhwc"], perm=[0, 1, 2, 3]))
+    broken = tmp_path / "broken_trt.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(ValueError, match="TensorRT conformance errors"):
+        write_model_repository(model=broken, out=tmp_path / "broken", network_backend="tensorrt")
+    assert not (tmp_path / "broken").exists()
