@@ -43,14 +43,19 @@ def server(repository):
 
 @pytest.fixture(scope="module")
 def images(synthetic_root, tmp_path_factory) -> list[Path]:
-    """The synthetic val images as PNG files: the server's interpreter has another OpenCV (and
-    JPEG decoder) than the tests', PNG decodes to the same pixels in both."""
+    """The synthetic val images as PNG files (the server's interpreter has another OpenCV, and JPEG
+    decoder, than the tests'; PNG decodes to the same pixels in both), every other one shrunk to
+    90x120: a different size that SPEC's resize puts on the same padded canvas, so the dynamic
+    batcher's batches mix image sizes."""
     folder = tmp_path_factory.mktemp("png")
     paths = []
-    for jpg in sorted((synthetic_root / "val2017").glob("*.jpg")):
+    for k, jpg in enumerate(sorted((synthetic_root / "val2017").glob("*.jpg"))):
+        image = cv2.imread(str(jpg))
+        if k % 2:
+            image = cv2.resize(image, (120, 90), interpolation=cv2.INTER_AREA)
         paths.append(folder / f"{jpg.stem}.png")
-        cv2.imwrite(str(paths[-1]), cv2.imread(str(jpg)))
-    assert len(paths) >= 4
+        cv2.imwrite(str(paths[-1]), image)
+    assert len(paths) >= 4 and len({cv2.imread(str(p)).shape for p in paths}) == 2
     return paths
 
 
