@@ -336,17 +336,21 @@ def default_images(count: int, size: tuple[int, int] | None, folder: Path | None
     return [make_synthetic_sample(np.random.default_rng(1000 + i), h, w)[0] for i in range(count)]
 
 
-def add_benchmark_arguments(p, *, count: int, count_help: str) -> None:
-    """The arguments the benchmark scripts share: --ckpt, --images, --size, --count,
-    --calib-count, --workdir (read them with :func:`benchmark_images`)."""
+def benchmark_parser(doc: str | None, *, count: int, count_help: str):
+    """The argument parser of a benchmark script with the arguments they share: --ckpt, --images,
+    --size, --count, --calib-count, --workdir (read them with :func:`benchmark_images`)."""
+    import argparse
+
     from benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES
 
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
     p.add_argument("--images", help=f"folder of images (default {DEFAULT_IMAGES} when it exists and no --size)")
     p.add_argument("--size", help="generate synthetic images of this HxW instead")
     p.add_argument("--count", type=int, default=count, help=f"{count_help} (default {count})")
     p.add_argument("--calib-count", type=int, default=16, help="calibration images for the int8 backends")
     p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy, as fps.py)")
+    return p
 
 
 def benchmark_images(*, images: str | None, size: tuple[int, int] | None, count: int) -> list[np.ndarray]:

@@ -18,7 +18,6 @@ Models come from the same cache as fps.py (--workdir). Writes OUT/throughput.jso
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import resource
 import sys
@@ -147,10 +146,9 @@ def format_throughput_table(rows: Sequence[ThroughputRow]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.fps import parse_size
-    from benchmarks.targets import add_benchmark_arguments
+    from benchmarks.targets import benchmark_parser
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_benchmark_arguments(p, count=8, count_help="images per configuration")
+    p = benchmark_parser(__doc__, count=8, count_help="images per configuration")
     p.add_argument("--backends", default="ort_fp32,ort_int8", help="comma-separated: pytorch, " + ", ".join(RUNTIME_BACKENDS))
     p.add_argument("--batch-sizes", default="1,2,4", help="batch sizes at 1 x --threads (default 1,2,4)")
     p.add_argument("--layouts", default="1x2,2x1", help="processes x threads at batch 1 (default 1x2,2x1)")
