@@ -23,7 +23,7 @@ reference: .mmref/.installed
 # numpy < 2, so it is unpacked without them); the serving tests start it (runtime/triton_server.py).
 triton: .triton/.installed
 .triton/.installed: runtime/triton_server.py
-	$(PYTHON) -m runtime.triton_server --install
+	$(PYTHON) -m pfpn.runtime.triton_server --install
 
 demo: setup
 	$(PYTHON) benchmarks/main_job.py

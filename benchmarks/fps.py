@@ -32,10 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.progress import progress_line  # noqa: E402
+from pfpn.training.progress import progress_line  # noqa: E402
 
 DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
 DEFAULT_IMAGES = Path("data/synthetic/val2017")
@@ -80,7 +78,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from benchmarks.targets import BACKEND_HELP, BACKENDS
+    from pfpn.benchmarks.targets import BACKEND_HELP, BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT),
@@ -159,7 +157,7 @@ def measure_interleaved(targets: list, images: list, runs: int, warmup: int,
 
 def add_limits(rows: list[FpsRow], gflop: float | None, peaks: dict) -> None:
     """Fill achieved G(FL)OP/s and % of the matching peak (network time) into the ok rows."""
-    from benchmarks.machine_limits import percent_of_peak
+    from pfpn.benchmarks.machine_limits import percent_of_peak
 
     for r in rows:
         kind = PEAK_KIND.get(r.backend)
@@ -171,7 +169,7 @@ def add_limits(rows: list[FpsRow], gflop: float | None, peaks: dict) -> None:
 
 def add_op_profiles(rows: list[FpsRow], targets: list, images: list, threads: int) -> None:
     """Per-op-type profile (benchmarks/op_profile.py) of the ONNX Runtime backends' networks."""
-    from benchmarks.op_profile import onnx_op_profile
+    from pfpn.benchmarks.op_profile import onnx_op_profile
 
     files = {t.name: t.model_file for t in targets if t.name.startswith("ort_") and t.model_file}
     for r in rows:
@@ -190,7 +188,7 @@ AGREEMENT_REFERENCES = {"ort_int8": ("pytorch", "ort_fp32"),  # int8: also again
 def add_agreement(rows: list[FpsRow], results: dict[str, list], categories) -> None:
     """Per backend, how closely its output follows the PyTorch predictor's (int8 backends also
     their own float model's) on the benchmark images: PQ against that output, identical pixels."""
-    from training.evaluation.pq import agreement_with_reference
+    from pfpn.training.evaluation.pq import agreement_with_reference
 
     as_pairs = {name: [(r.id_map, r.segments_info) for r in res] for name, res in results.items()}
     for r in rows:
@@ -248,7 +246,7 @@ def plot(rows: list[FpsRow], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.targets import save_figure
+    from pfpn.benchmarks.targets import save_figure
 
     ok = [r for r in rows if r.status == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -273,7 +271,7 @@ def plot(rows: list[FpsRow], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from benchmarks.targets import checked_cli_inputs, default_images, env_threads, make_target
+    from pfpn.benchmarks.targets import checked_cli_inputs, default_images, env_threads, make_target
 
     env_threads(args.threads)
     try:
@@ -289,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
     calib_paths = save_calibration(calib, calib_dir)
 
-    from benchmarks.machine_limits import busier, gemm_peak, provenance
+    from pfpn.benchmarks.machine_limits import busier, gemm_peak, provenance
 
     print("[limits] GEMM peaks before the backends ...", flush=True)
     peaks = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
@@ -342,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if agree:
         md.append("Agreement on these images (PQ of the output scored against the reference's output, 100 = the "
                   "same segments): " + "; ".join(agree))
-    from benchmarks.op_profile import format_profile
+    from pfpn.benchmarks.op_profile import format_profile
 
     for r in rows:
         if r.op_profile:
@@ -367,15 +365,15 @@ def main(argv: list[str] | None = None) -> int:
 def _count_gflop(ckpt: Path, image, prepared: list) -> dict | None:
     """The network's GFLOP on ``image`` (PyTorch's FLOP counter on the PyTorch model), or None
     when PyTorch cannot load the checkpoint."""
-    from benchmarks.machine_limits import network_flops
+    from pfpn.benchmarks.machine_limits import network_flops
 
     try:
-        from training.predictor import PanopticPredictor
+        from pfpn.training.predictor import PanopticPredictor
 
         torch_target = next((t for t in prepared if t.name == "pytorch"), None)
         predictor = torch_target.predictor.predictor if torch_target is not None else \
             PanopticPredictor.from_checkpoint(ckpt)
-        from runtime.images import load_image
+        from pfpn.runtime.images import load_image
 
         batch = predictor.prepare([load_image(image)])
         return network_flops(predictor.model, batch.images, batch.image_sizes)

@@ -56,12 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from runtime.build_engine import one_line  # noqa: E402
+from pfpn.runtime.build_engine import one_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUDGET_S = 270.0
@@ -150,11 +148,11 @@ def require_torch_cuda() -> Any:
 
 
 def require_gpu_driver() -> list:
-    """The GPUs the CUDA driver API sees (runtime.cuda), or SkipCheck."""
+    """The GPUs the CUDA driver API sees (runtime.cuda_driver), or SkipCheck."""
     try:
-        from runtime.cuda import CudaError, GpuUnavailableError, gpus
+        from pfpn.runtime.cuda_driver import CudaError, GpuUnavailableError, gpus
     except Exception as e:  # pragma: no cover - the repository is broken
-        raise SkipCheck(f"needs a CUDA GPU: runtime.cuda failed to import ({one_line(e)})") from None
+        raise SkipCheck(f"needs a CUDA GPU: runtime.cuda_driver failed to import ({one_line(e)})") from None
     try:
         return gpus()
     except (GpuUnavailableError, CudaError) as e:
@@ -162,7 +160,7 @@ def require_gpu_driver() -> list:
 
 
 def require_tensorrt() -> Any:
-    from runtime.trt.runner import import_tensorrt
+    from pfpn.runtime.trt.runner import import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -295,8 +293,8 @@ def jsonable(value: Any) -> Any:
 
 
 def small_categories() -> Any:
-    from runtime.panoptic_io import CategoryTable
-    from training.data.synthetic import SYNTHETIC_CATEGORIES
+    from pfpn.runtime.categories import CategoryTable
+    from pfpn.training.data.synthetic import SYNTHETIC_CATEGORIES
 
     return CategoryTable(SYNTHETIC_CATEGORIES)
 
@@ -304,9 +302,9 @@ def small_categories() -> Any:
 def build_small_model(seed: int = 0) -> tuple[Any, Any]:
     """The small demo config with random weights biased to detect -> (model on the CPU, TrainConfig)."""
     torch = require_torch()
-    from training.config import tiny_synthetic
-    from training.model.panoptic_fpn import build_model
-    from training.random_checkpoint import make_firing
+    from pfpn.training.config import tiny_synthetic
+    from pfpn.training.model.panoptic_fpn import build_model
+    from pfpn.training.random_checkpoint import make_firing
 
     cats = small_categories()
     config = tiny_synthetic(cats.num_things, cats.num_stuff)
@@ -316,9 +314,9 @@ def build_small_model(seed: int = 0) -> tuple[Any, Any]:
 
 def build_r50_model(seed: int = 0) -> tuple[Any, Any]:
     torch = require_torch()
-    from training.config import PRESETS
-    from training.model.panoptic_fpn import build_model
-    from training.random_checkpoint import make_firing
+    from pfpn.training.config import PRESETS
+    from pfpn.training.model.panoptic_fpn import build_model
+    from pfpn.training.random_checkpoint import make_firing
 
     config = PRESETS["r50_fpn_1x"]()
     torch.manual_seed(seed)
@@ -327,7 +325,7 @@ def build_r50_model(seed: int = 0) -> tuple[Any, Any]:
 
 def small_images(count: int, seed: int = 0) -> list[np.ndarray]:
     """Synthetic scenes (BGR uint8) of several sizes, landscape and portrait, not multiples of 32."""
-    from training.data.synthetic import make_synthetic_sample
+    from pfpn.training.data.synthetic import make_synthetic_sample
 
     sizes = [(192, 256), (150, 200), (256, 192), (97, 130), (180, 300), (240, 160)]
     return [make_synthetic_sample(np.random.default_rng([seed, i]), *sizes[i % len(sizes)])[0] for i in range(count)]
@@ -387,7 +385,7 @@ class NetworkRun:
 
 def export_graph(model: Any, config: Any, device: str) -> Any:
     """``export.graph.ExportablePanopticFPN`` of ``model`` on ``device`` (eval)."""
-    from export.graph import ExportablePanopticFPN
+    from pfpn.export.graph import ExportablePanopticFPN
 
     return ExportablePanopticFPN(model, config.model).to(device).eval()
 
@@ -395,8 +393,8 @@ def export_graph(model: Any, config: Any, device: str) -> Any:
 def run_network(graph: Any, image_bgr: np.ndarray, metadata: Any, device: str) -> NetworkRun:
     """SPEC pre-processing (runtime.preprocess.prepare_batch) and the export graph on ``device``."""
     torch = require_torch()
-    from runtime.contract import OUTPUT_NAMES
-    from runtime.preprocess import prepare_batch
+    from pfpn.runtime.contract import OUTPUT_NAMES
+    from pfpn.runtime.preprocess import prepare_batch
 
     batch, sizes, factors = prepare_batch([image_bgr], metadata.max_long_side, metadata.max_short_side,
                                           metadata.size_divisor)
@@ -411,7 +409,7 @@ def run_network(graph: Any, image_bgr: np.ndarray, metadata: Any, device: str) -
 
 def numpy_postprocess(run: NetworkRun, metadata: Any) -> Any:
     """The numpy post-processing exactly as runtime.predictor.Predictor._predict_chunk calls it."""
-    from runtime.postprocess import postprocess_single_image
+    from pfpn.runtime.postprocess import postprocess_single_image
 
     o = run.outputs
     n = int(o["num_detections"][0])
@@ -426,15 +424,15 @@ def numpy_postprocess(run: NetworkRun, metadata: Any) -> Any:
 def gpu_postprocess(post: Any, run: NetworkRun, stream: Any) -> tuple[Any, float]:
     """One image's contract outputs copied into device buffers, then the kernels (timed: the
     kernels, the label map copy back and the synchronisation) -> (GpuLabelMap, seconds)."""
-    from runtime import cuda
+    from pfpn.runtime import cuda_driver
 
     names = ("boxes", "scores", "labels", "mask_probs", "num_detections", "semantic_logits")
     bufs = {}
     try:
         for name in names:
             host = np.ascontiguousarray(run.outputs[name][0] if name != "num_detections" else run.outputs[name][:1])
-            bufs[name] = cuda.DeviceBuffer(host.nbytes)
-            cuda.copy_to_device(bufs[name].ptr, host, stream)
+            bufs[name] = cuda_driver.DeviceBuffer(host.nbytes)
+            cuda_driver.copy_to_device(bufs[name].ptr, host, stream)
         stream.synchronize()
         logits_size = tuple(int(v) for v in run.outputs["semantic_logits"].shape[2:])
         t0 = time.perf_counter()
@@ -464,7 +462,7 @@ def _driver_facts() -> tuple[dict, list[str]]:
         facts["nvidia_driver_version"] = None
         missing.append("NVIDIA kernel driver: /proc/driver/nvidia/version does not exist")
     try:
-        from runtime.cuda import driver
+        from pfpn.runtime.cuda_driver import driver
 
         drv = driver()
         err, version = drv.cuDriverGetVersion()
@@ -475,7 +473,7 @@ def _driver_facts() -> tuple[dict, list[str]]:
         facts["cuda_driver_api_version"] = None
         missing.append(f"CUDA driver: {one_line(e)}")
     try:
-        from runtime.cuda import CudaError, GpuUnavailableError, gpus
+        from pfpn.runtime.cuda_driver import CudaError, GpuUnavailableError, gpus
 
         facts["gpus"] = [{"index": g.index, "name": g.name, "compute_capability": g.compute_capability} for g in gpus()]
     except (GpuUnavailableError, CudaError) as e:
@@ -518,7 +516,7 @@ def check_environment(ctx: CheckContext) -> dict:
         info["torch_version"] = None
         info["torch_cuda_available"] = False
         missing.append(f"PyTorch: import torch failed ({one_line(e)})")
-    from runtime.trt.runner import import_tensorrt
+    from pfpn.runtime.trt.runner import import_tensorrt
 
     try:
         info["tensorrt_version"] = import_tensorrt().__version__
@@ -540,16 +538,16 @@ def check_environment(ctx: CheckContext) -> dict:
 def _postprocess_kernels(ctx: CheckContext, which: str) -> dict:
     require_gpu_driver()
     torch = require_torch_cuda()
-    from export.metadata import build_metadata
-    from runtime.gpu.postprocess import GpuPostprocessor
+    from pfpn.export.metadata import build_metadata
+    from pfpn.runtime.gpu.postprocess import GpuPostprocessor
 
     if which == "small":
         model, config = build_small_model()
         cats = small_categories()
         images, source = small_images(ctx.num_images), "synthetic scenes of 6 sizes"
     else:
-        from runtime.coco_categories import coco_panoptic_categories
-        from runtime.panoptic_io import CategoryTable
+        from pfpn.runtime.categories import coco_panoptic_categories
+        from pfpn.runtime.categories import CategoryTable
 
         model, config = build_r50_model()
         cats = CategoryTable(coco_panoptic_categories())
@@ -698,25 +696,25 @@ class AotPluginKernel:
         return launch
 
     def _function(self, constexprs: dict) -> tuple[Any, Any, Any]:
-        from plugins import triton_kernels as tk
-        from plugins.trt_plugins import plugin_target_sm
-        from runtime import cuda
+        from pfpn.plugins import triton_kernels as tk
+        from pfpn.plugins.trt_plugins import plugin_target_sm
+        from pfpn.runtime import cuda_driver
 
         key = tuple(sorted(constexprs.items()))
         if key not in self._loaded:
-            ctx = cuda.CudaContext(0)  # the primary context, the one PyTorch uses
+            ctx = cuda_driver.CudaContext(0)  # the primary context, the one PyTorch uses
             sm = plugin_target_sm({}, gpu_sm=ctx.capability[0] * 10 + ctx.capability[1])
             kernel = tk.compile_kernel(self.name, sm, dict(constexprs))
-            drv = cuda.driver()
-            module = cuda.check(drv.cuModuleLoadData(kernel.ptx.encode() + b"\0"), "cuModuleLoadData")
-            function = cuda.check(drv.cuModuleGetFunction(module, kernel.entry.encode()), "cuModuleGetFunction")
+            drv = cuda_driver.driver()
+            module = cuda_driver.check(drv.cuModuleLoadData(kernel.ptx.encode() + b"\0"), "cuModuleLoadData")
+            function = cuda_driver.check(drv.cuModuleGetFunction(module, kernel.entry.encode()), "cuModuleGetFunction")
             self._loaded[key] = (kernel, module, function)
         return self._loaded[key]
 
     def _launch(self, grid_x: int, args: Sequence[Any], constexprs: dict) -> None:
         import ctypes
 
-        from runtime import cuda
+        from pfpn.runtime import cuda_driver
 
         kernel, _, function = self._function(constexprs)
         if len(args) != len(kernel.param_types):
@@ -730,7 +728,7 @@ class AotPluginKernel:
             else:
                 raise ValueError(f"{self.name}: cannot pass {type(arg).__name__} as {ptx_type}")
         array = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        cuda.check(cuda.driver().cuLaunchKernel(function, grid_x, 1, 1, 32 * kernel.num_warps, 1, 1, kernel.shared,
+        cuda_driver.check(cuda_driver.driver().cuLaunchKernel(function, grid_x, 1, 1, 32 * kernel.num_warps, 1, 1, kernel.shared,
                                                 0, ctypes.addressof(array), 0), f"cuLaunchKernel({self.name})")
 
 
@@ -750,7 +748,7 @@ def _device_tensor(torch: Any, array: np.ndarray, device: str) -> Any:
 def launch_roi_align(torch: Any, case: dict, *, kernel: Any = None, device: str = "cuda") -> np.ndarray:
     """The RoIAlign kernel on ``case`` with the plugin's constexprs and grid -> (K, C, oh, ow).
     kernel: default the AOT PTX as TensorRT runs it (CUDA); tests pass the interpreted one with device "cpu"."""
-    from plugins import triton_kernels as tk
+    from pfpn.plugins import triton_kernels as tk
 
     rois, feats = case["rois"], case["feats"]
     k, c = rois.shape[0], feats[0].shape[1]
@@ -768,7 +766,7 @@ def launch_roi_align(torch: Any, case: dict, *, kernel: Any = None, device: str 
 
 def launch_nms(torch: Any, case: dict, *, kernel: Any = None, device: str = "cuda") -> tuple[np.ndarray, np.ndarray]:
     """The NMS kernel on ``case`` (one program per image) -> (selected (B, K), counts (B,))."""
-    from plugins import triton_kernels as tk
+    from pfpn.plugins import triton_kernels as tk
 
     b, n = case["scores"].shape
     sel = torch.full((b, case["k"]), 7, dtype=torch.int64, device=device)  # garbage: every entry must be written
@@ -809,7 +807,7 @@ def check_plugin_kernels(ctx: CheckContext) -> dict:
         import triton  # noqa: F401
     except Exception as e:
         raise SkipCheck(f"needs Triton to compile the plugin kernels for the CUDA GPU ({one_line(e)})") from None
-    from plugins import reference
+    from pfpn.plugins import reference
 
     roi_rows, nms_rows = {}, {}
     for name, case in roi_align_cases(ctx.quick).items():
@@ -851,7 +849,7 @@ def compare_network_outputs(ref: NetworkRun, got: NetworkRun) -> dict:
 
 def check_torch_cuda_vs_cpu(ctx: CheckContext) -> dict:
     torch = require_torch_cuda()
-    from export.metadata import build_metadata
+    from pfpn.export.metadata import build_metadata
 
     model, config = build_small_model()
     meta = build_metadata(config.model, small_categories(), flavor="ort", source="random small model (firing)")
@@ -890,11 +888,11 @@ def check_torch_cuda_vs_cpu(ctx: CheckContext) -> dict:
 def training_batch(work_dir: Path, device: str, count: int = 2) -> tuple[Any, list, list, Any]:
     """A training batch of the small config from a synthetic dataset written under work_dir ->
     (images, sizes, targets on device, TrainConfig)."""
-    from training.config import tiny_synthetic
-    from training.data.coco_panoptic import CocoPanopticDataset
-    from training.data.collate import collate_train
-    from training.data.synthetic import generate_synthetic_panoptic
-    from training.data.transforms import TrainTransform
+    from pfpn.training.config import tiny_synthetic
+    from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+    from pfpn.training.data.collate import collate_train
+    from pfpn.training.data.synthetic import generate_synthetic_panoptic
+    from pfpn.training.data.transforms import TrainTransform
 
     root = work_dir / "synthetic_train"
     if not (root / "annotations" / "panoptic_train2017.json").is_file():
@@ -913,7 +911,7 @@ def training_steps(work_dir: Path, device: str, *, amp: bool, max_steps: int = 4
     GradScaler when ``amp``), stopping after the first step the scaler did not skip ->
     {"losses", "loss_finite", "steps", "skipped_steps", "weights_changed", "max_weight_change", ...}."""
     torch = require_torch()
-    from training.model.panoptic_fpn import build_model
+    from pfpn.training.model.panoptic_fpn import build_model
 
     images, sizes, targets, config = training_batch(work_dir, device)
     torch.manual_seed(0)
@@ -991,7 +989,7 @@ def plugin_node_model(kind: str, case: dict) -> Any:
     ("roi_align": MultiLevelRoIAlign, "nms": BatchedNMS), static shapes from ``case``."""
     from onnx import TensorProto, helper
 
-    from plugins.names import CUSTOM_DOMAIN, NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
+    from pfpn.plugins.names import CUSTOM_DOMAIN, NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
 
     ident = dict(plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
@@ -1062,11 +1060,11 @@ def trt_build(trt: Any, model: Any, *, python_plugins: bool = False, workspace_g
 
 def trt_run(trt: Any, engine_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Deserialize and run an engine once (name-based tensor API, runtime.cuda buffers and stream)."""
-    from runtime import cuda
-    from runtime.trt.runner import deserialize_engine
+    from pfpn.runtime import cuda_driver
+    from pfpn.runtime.trt.runner import deserialize_engine
 
     logger = trt.Logger(trt.Logger.WARNING)
-    context_gpu = cuda.CudaContext(0)
+    context_gpu = cuda_driver.CudaContext(0)
     stream = context_gpu.create_stream()
     buffers: list[Any] = []
     try:
@@ -1083,7 +1081,7 @@ def trt_run(trt: Any, engine_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict
                 raise RuntimeError(f"engine input {name} is {want}, the feed {host.dtype}")
             if not context.set_input_shape(name, tuple(host.shape)):
                 raise RuntimeError(f"TensorRT rejected shape {host.shape} for {name}")
-            buf = cuda.DeviceBuffer(host.nbytes)
+            buf = cuda_driver.DeviceBuffer(host.nbytes)
             buffers.append(buf)
             buf.copy_from_host(host, stream)
             context.set_tensor_address(name, buf.ptr)
@@ -1094,7 +1092,7 @@ def trt_run(trt: Any, engine_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict
             dims = context.get_tensor_shape(name)
             host = np.empty(tuple(int(dims[i]) for i in range(len(dims))),
                             np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
-            buf = cuda.DeviceBuffer(host.nbytes)
+            buf = cuda_driver.DeviceBuffer(host.nbytes)
             buffers.append(buf)
             context.set_tensor_address(name, buf.ptr)
             outputs[name] = (host, buf)
@@ -1129,8 +1127,8 @@ def check_trt_uint8_input(ctx: CheckContext) -> dict:
 
 def check_trt_plugins_alone(ctx: CheckContext) -> dict:
     trt = require_tensorrt()
-    from plugins import reference
-    from plugins.trt_plugins import COMPILED, register_plugins
+    from pfpn.plugins import reference
+    from pfpn.plugins.trt_plugins import COMPILED, register_plugins
 
     try:
         register_plugins()
@@ -1160,8 +1158,8 @@ def small_exports(ctx: CheckContext) -> dict[str, Path]:
     if "small_exports" in ctx.shared:
         return ctx.shared["small_exports"]
     require_torch()
-    from export import to_onnx
-    from training.checkpoint import save_checkpoint
+    from pfpn.export import to_onnx
+    from pfpn.training.checkpoint import save_checkpoint
 
     model, config = build_small_model()
     folder = ctx.work_dir / "small"
@@ -1199,12 +1197,11 @@ def small_engine(ctx: CheckContext) -> tuple[Path, float]:
 # Run in a fresh interpreter: load and run an engine without ever importing plugins/.
 RELOAD_SCRIPT = r"""
 import json, sys
-root, engine = sys.argv[1], sys.argv[2]
-sys.path.insert(0, root)
+engine = sys.argv[2]
 import numpy as np
-from runtime.trt.runner import TrtRunner
-import runtime.predictor
-report = {"imported_before_run": sorted(m for m in sys.modules if m == "plugins" or m.startswith("plugins."))}
+from pfpn.runtime.trt.runner import TrtRunner
+import pfpn.runtime.predictor
+report = {"imported_before_run": sorted(m for m in sys.modules if m == "pfpn.plugins" or m.startswith("pfpn.plugins."))}
 if engine != "--imports-only":
     with TrtRunner(engine) as runner:
         rng = np.random.default_rng(0)
@@ -1216,7 +1213,7 @@ if engine != "--imports-only":
         report["shapes"] = {k: list(v.shape) for k, v in out.items()}
         report["num_detections"] = int(out["num_detections"][0])
         report["finite"] = bool(all(np.isfinite(v).all() for v in out.values() if v.dtype.kind == "f"))
-report["plugins_modules"] = sorted(m for m in sys.modules if m == "plugins" or m.startswith("plugins."))
+report["plugins_modules"] = sorted(m for m in sys.modules if m == "pfpn.plugins" or m.startswith("pfpn.plugins."))
 print("RELOAD " + json.dumps(report))
 """
 
@@ -1248,7 +1245,7 @@ def check_trt_engine_reload(ctx: CheckContext) -> dict:
 
 def check_trt_end_to_end(ctx: CheckContext) -> dict:
     trt = require_tensorrt()
-    from runtime.predictor import Predictor
+    from pfpn.runtime.predictor import Predictor
 
     engine, _ = small_engine(ctx)
     paths = small_exports(ctx)

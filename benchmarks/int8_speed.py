@@ -23,14 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 
 def synthetic_image(seed: int = 0, height: int = 480, width: int = 800) -> np.ndarray:
-    from training.data.synthetic import make_synthetic_sample
+    from pfpn.training.data.synthetic import make_synthetic_sample
 
     return make_synthetic_sample(np.random.default_rng(seed), height, width)[0]
 
@@ -38,14 +36,14 @@ def synthetic_image(seed: int = 0, height: int = 480, width: int = 800) -> np.nd
 def load_image(path: str | None) -> np.ndarray:
     if path is None:
         return synthetic_image()
-    from runtime.images import read_image
+    from pfpn.runtime.images import read_image
 
     return read_image(path)
 
 
 class _Ort:
     def __init__(self, label: str, path: Path, threads: int) -> None:
-        from runtime import Predictor
+        from pfpn.runtime import Predictor
 
         self.label, self.path = label, path
         self.predictor = Predictor(path, threads=threads)
@@ -63,7 +61,7 @@ class _Torch:
     def __init__(self, ckpt: Path, threads: int) -> None:
         import torch
 
-        from training.predictor import PanopticPredictor
+        from pfpn.training.predictor import PanopticPredictor
 
         torch.set_num_threads(threads)
         self.label, self.path = "pytorch eager", ckpt
@@ -89,7 +87,7 @@ def time_models(models: list, image: np.ndarray, runs: int, warmup: int) -> dict
 def profile_ops(path: Path, image: np.ndarray, threads: int, top: int) -> dict:
     """Kernel time per op type and per node of one run (after a warm-up run), from
     benchmarks/op_profile.py."""
-    from benchmarks.op_profile import aggregate_nodes, aggregate_trace, profile_events
+    from pfpn.benchmarks.op_profile import aggregate_nodes, aggregate_trace, profile_events
 
     events, wall = profile_events(path, [image], threads=threads)
     types = aggregate_trace(events, skip_runs=1)
@@ -133,13 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.calib_images:
         if int8 is None:
             int8 = fp32.with_name(fp32.stem + "_int8.onnx")
-        folder = Path(args.calib_images)
-        images = sorted(q for q in folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.calib_count] \
-            if folder.is_dir() else []
-        if not images:
-            print(f"error: no calibration images in {folder}", file=sys.stderr)
+        from pfpn.runtime.images import ImageError, list_images
+
+        try:
+            images = list_images(args.calib_images, count=args.calib_count, what="--calib-images")
+        except (FileNotFoundError, ImageError) as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        from runtime.quantize_int8 import quantize_int8
+        from pfpn.runtime.quantize_int8 import quantize_int8
 
         t0 = time.perf_counter()
         quantize_int8(fp32, int8, images)

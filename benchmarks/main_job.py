@@ -25,10 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.progress import LiveLine, format_duration, parse_progress_line  # noqa: E402
+from pfpn.training.progress import LiveLine, format_duration, parse_progress_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     timings_file.write_text(json.dumps(previous, indent=2))
 
     if step("report", paths.report / "REPORT.md") or timings:
-        from benchmarks.report import write_report
+        from pfpn.benchmarks.report import write_report
 
         report = write_report(paths, previous)
         print(f"[report] {report}")

@@ -1,7 +1,7 @@
 """Where an ONNX Runtime model spends its time, per operator type: ONNX Runtime's own profiler on
 the optimised graph it actually runs (fused int8 ops such as QLinearConv included).
 
-    from benchmarks.op_profile import onnx_op_profile
+    from pfpn.benchmarks.op_profile import onnx_op_profile
     onnx_op_profile("model_int8.onnx", images, threads=2)  # [{"op": "QLinearConv", "ms": ..., "share": ...}, ...]
 """
 from __future__ import annotations
@@ -58,12 +58,12 @@ def profile_events(model_path: str | os.PathLike, images: Sequence[np.ndarray], 
     import onnx
     import onnxruntime as ort
 
-    from export.metadata import read_metadata
-    from runtime.preprocess import prepare_batch
+    from pfpn.export.metadata import read_metadata
+    from pfpn.runtime.preprocess import prepare_batch
 
     meta = read_metadata(onnx.load(str(model_path), load_external_data=False))
     if meta.flavor == "trt":
-        from plugins.ort_ops import session_options
+        from pfpn.plugins.ort_ops import session_options
 
         options = session_options()
     else:

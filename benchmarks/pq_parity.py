@@ -17,8 +17,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
 DEFAULT_DATA = Path("data/synthetic")
@@ -41,7 +39,7 @@ class PQRow:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from benchmarks.targets import BACKEND_HELP, RESULT_BACKENDS
+    from pfpn.benchmarks.targets import BACKEND_HELP, RESULT_BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
@@ -77,7 +75,7 @@ def plot(rows: list[PQRow], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.targets import save_figure
+    from pfpn.benchmarks.targets import save_figure
     import numpy as np
 
     ok = [r for r in rows if r.status == "ok"]
@@ -101,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from benchmarks.targets import checked_cli_inputs, env_threads, make_target
-    from runtime.panoptic_io import read_panoptic_png
-    from training.data.coco_panoptic import CocoPanopticDataset
-    from training.evaluation.evaluate import evaluate
-    from training.evaluation.pq import pq_compute
+    from pfpn.benchmarks.targets import checked_cli_inputs, env_threads, make_target
+    from pfpn.runtime.panoptic_io import read_panoptic_png
+    from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+    from pfpn.training.evaluation.evaluate import evaluate
+    from pfpn.training.evaluation.pq import pq_compute
 
     env_threads(args.threads)
     try:

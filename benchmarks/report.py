@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine_limits import describe_machine, provenance
+from pfpn.benchmarks.machine_limits import describe_machine, provenance
 
 # targets of the deployment: measured side by side on one machine, same weights
 TARGET_ORT_FP32 = 1.5  # x PyTorch eager, end to end

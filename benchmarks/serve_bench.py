@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @dataclass
@@ -61,10 +59,10 @@ def run_serve_bench(*, model: Path, images: Sequence, requests: int, concurrenci
     """All rows: in-process (1 and ``threads`` callers), then each protocol x concurrency."""
     import cv2
 
-    from runtime.predictor import Predictor
-    from runtime.triton_client import TritonPanopticClient
-    from runtime.triton_repo import write_model_repository
-    from runtime.triton_server import TritonServer
+    from pfpn.runtime.predictor import Predictor
+    from pfpn.runtime.triton_client import TritonPanopticClient
+    from pfpn.runtime.triton_repo import write_model_repository
+    from pfpn.runtime.triton_server import TritonServer
 
     pngs = [cv2.imencode(".png", im)[1].tobytes() for im in images]
     payloads = [pngs[i % len(pngs)] for i in range(requests)]
@@ -103,8 +101,8 @@ def format_serve_table(rows: Sequence[ServeRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.fps import parse_size
-    from benchmarks.targets import benchmark_parser
+    from pfpn.benchmarks.fps import parse_size
+    from pfpn.benchmarks.targets import benchmark_parser
 
     p = benchmark_parser(__doc__, count=8, count_help="distinct images")
     p.add_argument("--backend", choices=["ort_fp32", "ort_int8"], default="ort_fp32", help="which exported file")
@@ -116,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="work_dirs/bench", help="folder for serve_bench.json / .md")
     args = p.parse_args(argv)
 
-    from benchmarks.fps import save_calibration
-    from benchmarks.machine_limits import save_results
-    from benchmarks.targets import (benchmark_images, checked_cli_inputs, default_images, env_threads, int8_file,
+    from pfpn.benchmarks.fps import save_calibration
+    from pfpn.benchmarks.machine_limits import save_results
+    from pfpn.benchmarks.targets import (benchmark_images, checked_cli_inputs, default_images, env_threads, int8_file,
                                     onnx_file)
-    from runtime.triton_server import TritonUnavailable
+    from pfpn.runtime.triton_server import TritonUnavailable
 
     env_threads(args.threads)
     try:

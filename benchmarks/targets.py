@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runtime.predictor import Timings
-from runtime.result import PanopticResult
+from pfpn.runtime.predictor import Timings
+from pfpn.runtime.result import PanopticResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ class MmdetTarget:
         if not reference_env.is_installed():
             raise _Skip(f"the mmdetection reference environment is not installed ({reference_env.site_dir()}; "
                         f"make reference)")
-        from training.checkpoint import load_checkpoint
+        from pfpn.training.checkpoint import load_checkpoint
 
         layout = load_checkpoint(ckpt)
         if layout.source != "mmdet" or layout.config.model.backbone.depth != 50:
@@ -141,7 +141,7 @@ class TorchTarget:
     def __init__(self, ckpt: Path, threads: int) -> None:
         import torch
 
-        from training.predictor import PanopticPredictor
+        from pfpn.training.predictor import PanopticPredictor
 
         torch.set_num_threads(threads)
         self.predictor = PanopticPredictor.from_checkpoint(ckpt)
@@ -150,9 +150,9 @@ class TorchTarget:
     def predict_timed(self, image) -> tuple[PanopticResult, Timings]:
         import torch
 
-        from runtime.images import load_image
-        from runtime.result import panoptic_result_from_label_map
-        from training.predictor import label_map_single_image
+        from pfpn.runtime.images import load_image
+        from pfpn.runtime.result import panoptic_result_from_label_map
+        from pfpn.training.predictor import label_map_single_image
 
         p = self.predictor
         t0 = time.perf_counter()
@@ -196,7 +196,7 @@ def onnx_file(ckpt: Path, workdir: Path, flavor: str = "ort") -> Path:
 def int8_file(ckpt: Path, workdir: Path, calib_images: Sequence[Path]) -> Path:
     out = workdir / f"{ckpt.stem}_int8.onnx"
     if not out.exists():
-        from runtime.quantize_int8 import quantize_int8
+        from pfpn.runtime.quantize_int8 import quantize_int8
 
         quantize_int8(onnx_file(ckpt, workdir), out, list(calib_images))
     return out
@@ -223,8 +223,8 @@ class _Skip(Exception):
 def gpu_unavailable_reason() -> str | None:
     """None when TensorRT and a CUDA GPU are usable, else why not (one line)."""
     try:
-        from runtime.cuda import gpus
-        from runtime.trt.runner import import_tensorrt
+        from pfpn.runtime.cuda_driver import gpus
+        from pfpn.runtime.trt.runner import import_tensorrt
 
         import_tensorrt()
     except ImportError as e:
@@ -242,7 +242,7 @@ def gpu_unavailable_reason() -> str | None:
 def make_target(name: str, *, ckpt: Path, workdir: Path, threads: int, calib_images: Sequence[Path],
                 calib_dir: Path | None = None) -> Target:
     """Build (or reuse) what ``name`` needs and open it; never raises."""
-    from runtime.predictor import Predictor
+    from pfpn.runtime.predictor import Predictor
 
     workdir.mkdir(parents=True, exist_ok=True)
     builders: dict[str, Callable[[], Target]] = {
@@ -275,7 +275,7 @@ def _openvino(name: str, model: Path, threads: int) -> Target:
         import openvino  # noqa: F401
     except ImportError:
         raise _Skip("OpenVINO is not installed (pip install openvino)") from None
-    from runtime.predictor import Predictor
+    from pfpn.runtime.predictor import Predictor
 
     return Target(name, "ok", model_file=model,
                   predictor=RuntimeTarget(Predictor(model, backend="openvino", threads=threads)))
@@ -286,7 +286,7 @@ def _tensorrt(name: str, ckpt: Path, workdir: Path, precision: str, calib_dir: P
     reason = gpu_unavailable_reason()
     if reason:
         raise _Skip(reason)
-    from runtime.predictor import Predictor
+    from pfpn.runtime.predictor import Predictor
 
     if precision == "int8" and calib_dir is None:  # build_engine.py calibrates from a folder
         calib_dir = copy_images(calib_images, workdir / "calib")
@@ -325,13 +325,12 @@ def copy_images(paths: Sequence[Path], folder: Path) -> Path:
 def default_images(count: int, size: tuple[int, int] | None, folder: Path | None = None) -> list:
     """Synthetic images: the demo's val split when it exists and no size is asked, else generated
     (deterministic) at ``size``."""
-    from training.data.synthetic import make_synthetic_sample
+    from pfpn.training.data.synthetic import make_synthetic_sample
 
     if folder is not None:
-        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if not paths:
-            raise FileNotFoundError(f"no images in {folder}")
-        return paths[:count]
+        from pfpn.runtime.images import list_images
+
+        return list_images(folder, count=count)
     h, w = size or (192, 256)
     return [make_synthetic_sample(np.random.default_rng(1000 + i), h, w)[0] for i in range(count)]
 
@@ -341,7 +340,7 @@ def benchmark_parser(doc: str | None, *, count: int, count_help: str):
     --size, --count, --calib-count, --workdir (read them with :func:`benchmark_images`)."""
     import argparse
 
-    from benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES
+    from pfpn.benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES
 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
@@ -356,12 +355,11 @@ def benchmark_parser(doc: str | None, *, count: int, count_help: str):
 def benchmark_images(*, images: str | None, size: tuple[int, int] | None, count: int) -> list[np.ndarray]:
     """The images of a benchmark script as BGR arrays: ``images`` (a folder), else the demo's val
     split when it exists and no ``size`` is asked, else generated synthetic images of ``size``."""
-    import cv2
-
-    from benchmarks.fps import DEFAULT_IMAGES
+    from pfpn.benchmarks.fps import DEFAULT_IMAGES
+    from pfpn.runtime.images import read_image
 
     folder = Path(images) if images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)
-    return [cv2.imread(str(im)) if isinstance(im, Path) else im for im in default_images(count, size, folder)]
+    return [read_image(im) if isinstance(im, Path) else im for im in default_images(count, size, folder)]
 
 
 def env_threads(threads: int) -> None:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RUNTIME_BACKENDS = ("ort_fp32", "ort_int8", "openvino", "openvino_int8")
 
@@ -61,16 +59,16 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
 
 def _worker(backend: str, model: str, threads: int, batch_size: int, images: list, ready, start, results) -> None:
     """One worker: open the predictor, say ready, wait for the start, run its images."""
-    from benchmarks.targets import env_threads
+    from pfpn.benchmarks.targets import env_threads
 
     env_threads(threads)
     if backend == "pytorch":
-        from benchmarks.targets import TorchTarget
+        from pfpn.benchmarks.targets import TorchTarget
 
         target = TorchTarget(Path(model), threads)
         run = lambda chunk: [target.predict(im) for im in chunk]  # noqa: E731
     else:
-        from runtime.predictor import Predictor
+        from pfpn.runtime.predictor import Predictor
 
         predictor = Predictor(model, backend="openvino" if backend.startswith("openvino") else None, threads=threads,
                               batch_size=batch_size)
@@ -113,7 +111,7 @@ def run_throughput(*, ckpt: Path, backends: Sequence[str], images: Sequence, bat
                    layouts: Sequence[tuple[int, int]], threads: int, workdir: Path, calib_images: Sequence[Path]
                    ) -> list[ThroughputRow]:
     """Every backend x (batch sizes at 1 x threads, layouts at batch 1)."""
-    from benchmarks.targets import make_target
+    from pfpn.benchmarks.targets import make_target
 
     rows = []
     for name in backends:
@@ -145,8 +143,8 @@ def format_throughput_table(rows: Sequence[ThroughputRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.fps import parse_size
-    from benchmarks.targets import benchmark_parser
+    from pfpn.benchmarks.fps import parse_size
+    from pfpn.benchmarks.targets import benchmark_parser
 
     p = benchmark_parser(__doc__, count=8, count_help="images per configuration")
     p.add_argument("--backends", default="ort_fp32,ort_int8", help="comma-separated: pytorch, " + ", ".join(RUNTIME_BACKENDS))
@@ -156,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="work_dirs/bench", help="folder for throughput.json / .md")
     args = p.parse_args(argv)
 
-    from benchmarks.fps import save_calibration
-    from benchmarks.machine_limits import save_results
-    from benchmarks.targets import benchmark_images, checked_cli_inputs, default_images
+    from pfpn.benchmarks.fps import save_calibration
+    from pfpn.benchmarks.machine_limits import save_results
+    from pfpn.benchmarks.targets import benchmark_images, checked_cli_inputs, default_images
 
     try:
         ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import plugins.torch_ops  # noqa: F401  (registers torch.ops.pfpn.*)
-from training.config import ModelConfig
-from training.model.anchors import base_anchors
-from training.model.box_ops import DELTA_WH_CLAMP
-from training.model.panoptic_fpn import PanopticFPN
+import pfpn.plugins.torch_ops  # noqa: F401  (registers torch.ops.pfpn.*)
+from pfpn.training.config import ModelConfig
+from pfpn.training.model.anchors import base_anchors
+from pfpn.training.model.box_ops import DELTA_WH_CLAMP
+from pfpn.training.model.panoptic_fpn import PanopticFPN
 
 _INVALID_SCORE = -1.0  # scores are probabilities; this marks padding / removed boxes
 # Padding rows are pooled from this box: some RoIAlign implementations (OpenVINO's) return NaN

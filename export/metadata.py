@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import onnx
 
-from runtime.contract import CONTRACT_VERSION, ModelMetadata
-from runtime.panoptic_io import CategoryTable
-from training.config import ModelConfig
+from pfpn.runtime.contract import CONTRACT_VERSION, ModelMetadata
+from pfpn.runtime.categories import CategoryTable
+from pfpn.training.config import ModelConfig
 
 
 def build_metadata(config: ModelConfig, categories: CategoryTable, *, flavor: str, source: str) -> ModelMetadata:

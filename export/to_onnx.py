@@ -23,8 +23,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MIN_OPSET = 17
 
@@ -73,15 +71,16 @@ def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
     import onnx
     import torch
 
-    from export.graph import ExportablePanopticFPN
-    from export.metadata import build_metadata, write_metadata
-    from plugins.torch_ops import export_flavor
-    from runtime.contract import (DEPLOYMENT_SETTINGS, DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES,
+    from pfpn.export.graph import ExportablePanopticFPN
+    from pfpn.export.metadata import build_metadata, write_metadata
+    from pfpn.plugins.torch_ops import export_flavor
+    from pfpn.runtime.contract import (DEPLOYMENT_SETTINGS, DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES,
                                   format_deployment_settings)
-    from runtime.panoptic_io import CategoryTable, atomic_output
-    from training.checkpoint import load_model
-    from training.config import deployment_settings, with_deployment_settings
-    from training.model.panoptic_fpn import rebuild_with_config
+    from pfpn.runtime.files import atomic_output
+    from pfpn.runtime.categories import CategoryTable
+    from pfpn.training.checkpoint import load_model
+    from pfpn.training.config import deployment_settings, with_deployment_settings
+    from pfpn.training.model.panoptic_fpn import rebuild_with_config
 
     if args.opset < MIN_OPSET:
         raise ExportError(f"--opset {args.opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
@@ -161,8 +160,8 @@ def _simplify(proto):
 def verify(args: argparse.Namespace, onnx_path: Path, model, ckpt) -> bool:
     """Run the export against the PyTorch predictor of the model it was traced from (no second
     checkpoint load, and the same ``--categories``), with the runtime's own backend."""
-    from runtime.backends import open_backend
-    from training.predictor import PanopticPredictor
+    from pfpn.runtime.backends import open_backend
+    from pfpn.training.predictor import PanopticPredictor
 
     predictor = PanopticPredictor(model, ckpt.config.model, ckpt.categories)
     backend = open_backend(onnx_path, "openvino" if args.verify_backend == "openvino" else "onnxruntime",
@@ -171,14 +170,15 @@ def verify(args: argparse.Namespace, onnx_path: Path, model, ckpt) -> bool:
 
 
 def _verify_with(args: argparse.Namespace, predictor, backend) -> bool:
-    from export.verify import compare, format_parity, parity_dicts, passed
+    from pfpn.export.verify import compare, format_parity, parity_dicts, passed
 
     if args.verify_images:
-        folder = Path(args.verify_images)
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        images = images[: args.verify_count]
-        if not images:
-            raise ExportError(f"no .jpg/.png images in {folder}")
+        from pfpn.runtime.images import ImageError, list_images
+
+        try:
+            images = list_images(args.verify_images, count=args.verify_count, what="--verify-images")
+        except (FileNotFoundError, ImageError) as e:
+            raise ExportError(str(e)) from None
     else:
         images = _synthetic_images(args.verify_count)
     rows = compare(predictor, backend, images)
@@ -196,7 +196,7 @@ VERIFY_SIZES = ((192, 256), (256, 192), (200, 301), (333, 250), (480, 800), (97,
 def _synthetic_images(count: int = 24) -> list:
     import numpy as np
 
-    from training.data.synthetic import make_synthetic_sample
+    from pfpn.training.data.synthetic import make_synthetic_sample
 
     rng = np.random.default_rng(0)
     return [make_synthetic_sample(rng, *VERIFY_SIZES[i % len(VERIFY_SIZES)])[0] for i in range(count)]
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # checkpoint problems etc.: one clear line, no traceback
-        from training.checkpoint import CheckpointError
+        from pfpn.training.checkpoint import CheckpointError
 
         if isinstance(e, (CheckpointError, FileNotFoundError, ValueError)):
             print(f"error: {e}", file=sys.stderr)

@@ -17,11 +17,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from runtime.contract import OUTPUT_NAMES
-from runtime.preprocess import prepare_batch
-from training.model.box_ops import box_iou
-from training.model.panoptic_fpn import Detections
-from training.predictor import PanopticPredictor, label_map_single_image, load_bgr
+from pfpn.runtime.contract import OUTPUT_NAMES
+from pfpn.runtime.preprocess import prepare_batch
+from pfpn.training.model.box_ops import box_iou
+from pfpn.training.model.panoptic_fpn import Detections
+from pfpn.training.predictor import PanopticPredictor, label_map_single_image, load_bgr
 
 # the acceptance thresholds of the export (issue 3)
 MIN_IOU = 0.99

@@ -2,15 +2,15 @@
 registered as onnxruntime-extensions Python ops (domain ``ai.onnx.contrib``), so that the exact
 graph TensorRT receives runs, slowly, on any CPU. Torch-free.
 
-    from plugins.ort_ops import session_options
+    from pfpn.plugins.ort_ops import session_options
     sess = onnxruntime.InferenceSession("model_trt.onnx", session_options(), providers=["CPUExecutionProvider"])
 """
 from __future__ import annotations
 
 import numpy as np
 
-from plugins import reference
-from plugins.names import NMS_NAME, ROI_ALIGN_NAME
+from pfpn.plugins import reference
+from pfpn.plugins.names import NMS_NAME, ROI_ALIGN_NAME
 
 _registered = False
 

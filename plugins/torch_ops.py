@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms as _tv_batched_nms, nms as _tv_nms
 
-from plugins.names import CUSTOM_DOMAIN, NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
-from training.model.roi_align import multilevel_roi_align as _multilevel_roi_align
+from pfpn.plugins.names import CUSTOM_DOMAIN, NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
+from pfpn.training.model.roi_align import multilevel_roi_align as _multilevel_roi_align
 
 ROI_STRIDES = (4, 8, 16, 32)
 FLAVORS = ("ort", "trt")

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import triton
 import triton.language as tl
 
-from runtime.gpu.triton_aot import PtxKernel, compile_ptx
+from pfpn.runtime.gpu.triton_aot import PtxKernel, compile_ptx
 
 # ----------------------------------------------------------------------------------------------
 # kernels (plain functions; see interpreted() / compile_kernel())

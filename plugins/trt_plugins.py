@@ -1,7 +1,7 @@
 """TensorRT plugins for the two custom operators, as Python-defined ("quickly deployable") plugins
 with ahead-of-time kernels: ``pfpn::MultiLevelRoIAlign`` and ``pfpn::BatchedNMS``.
 
-    from plugins.trt_plugins import register_plugins
+    from pfpn.plugins.trt_plugins import register_plugins
     register_plugins()   # before parsing a trt-flavor ONNX file (runtime/build_engine.py does it)
 
 * Shape / type descriptions (``@trtp.register``) are thin wrappers of the plain functions below
@@ -21,7 +21,7 @@ objects.
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from plugins.names import NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
+from pfpn.plugins.names import NMS_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN_NAME
 ROI_ALIGN_ID = f"{PLUGIN_NAMESPACE}::{ROI_ALIGN_NAME}"
 NMS_ID = f"{PLUGIN_NAMESPACE}::{NMS_NAME}"
 PLUGIN_IDS = (ROI_ALIGN_ID, NMS_ID)
@@ -119,7 +119,7 @@ def nms_output_dtypes(input_dtypes: Sequence[str]) -> Tuple[str, str]:
 def plugin_target_sm(env: Optional[Dict[str, str]] = None, gpu_sm: Optional[int] = None) -> int:
     """The SM the kernels are compiled for: ``$PFPN_PLUGIN_SM`` if set (e.g. "87"), else the GPU's,
     mapped to the highest target the compiler knows that the GPU runs (sm_103 -> sm_100)."""
-    from runtime.gpu.triton_aot import PtxError, nearest_target
+    from pfpn.runtime.gpu.triton_aot import PtxError, nearest_target
 
     env = dict(os.environ) if env is None else env
     if env.get(SM_ENV):
@@ -129,7 +129,7 @@ def plugin_target_sm(env: Optional[Dict[str, str]] = None, gpu_sm: Optional[int]
             raise PluginShapeError(f"{SM_ENV}={env[SM_ENV]!r} is not an SM number like 87 or 90") from None
     else:
         if gpu_sm is None:
-            from runtime.cuda import gpus
+            from pfpn.runtime.cuda_driver import gpus
 
             gpu_sm = gpus()[0].sm
         sm = int(gpu_sm)
@@ -160,7 +160,7 @@ def register_plugins() -> List[str]:
     global _registered
     if _registered:
         return list(PLUGIN_IDS)
-    from runtime.trt.runner import import_tensorrt
+    from pfpn.runtime.trt.runner import import_tensorrt
 
     import_tensorrt()  # a one-line ImportError when TensorRT is missing
     import tensorrt as trt
@@ -172,7 +172,7 @@ def register_plugins() -> List[str]:
     if not hasattr(trtp, "aot_impl"):
         raise ImportError(f"TensorRT {trt.__version__} has no ahead-of-time Python plugins (tensorrt.plugin.aot_impl "
                           f"needs >= 10.9); use the ort export flavor instead")
-    from plugins import triton_kernels as tk
+    from pfpn.plugins import triton_kernels as tk
 
     names = {trt.float32: "float32", trt.float16: "float16", trt.int32: "int32", trt.int64: "int64",
              trt.int8: "int8", trt.bool: "bool"}

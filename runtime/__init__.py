@@ -12,19 +12,19 @@ __all__ = ["Predictor", "PanopticResult", "CategoryTable", "ModelMetadata"]
 
 def __getattr__(name: str) -> Any:  # lazy: importing a submodule stays cheap
     if name == "Predictor":
-        from runtime.predictor import Predictor
+        from pfpn.runtime.predictor import Predictor
 
         return Predictor
     if name == "PanopticResult":
-        from runtime.result import PanopticResult
+        from pfpn.runtime.result import PanopticResult
 
         return PanopticResult
     if name == "CategoryTable":
-        from runtime.panoptic_io import CategoryTable
+        from pfpn.runtime.categories import CategoryTable
 
         return CategoryTable
     if name == "ModelMetadata":
-        from runtime.contract import ModelMetadata
+        from pfpn.runtime.contract import ModelMetadata
 
         return ModelMetadata
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from pfpn.runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
 
 
 class ModelError(ValueError):
@@ -62,7 +62,7 @@ class OnnxRuntimeBackend:
             options.inter_op_num_threads = 1
         metadata = _read_onnx_metadata(path)
         if metadata.flavor == "trt":
-            from plugins.ort_ops import session_options  # numpy reference ops, registered once
+            from pfpn.plugins.ort_ops import session_options  # numpy reference ops, registered once
 
             options = session_options()
             if threads:
@@ -156,7 +156,7 @@ def read_model_metadata(path: str | os.PathLike) -> ModelMetadata:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() in (".engine", ".plan"):
-        from runtime.trt.engine_file import read_engine_info
+        from pfpn.runtime.trt.engine_file import read_engine_info
 
         try:
             return ModelMetadata.from_props(read_engine_info(path).model_metadata)
@@ -183,7 +183,7 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) 
     if choice == "openvino":
         return OpenVinoBackend(path, threads=kwargs.get("threads"))
     if choice == "tensorrt":
-        from runtime.trt.backend import TensorRTBackend  # needs tensorrt + cuda-python
+        from pfpn.runtime.trt.backend import TensorRTBackend  # needs tensorrt + cuda-python
 
         return TensorRTBackend(path, **kwargs)
     raise ModelError(f"unknown backend {choice!r}: choose 'onnxruntime', 'openvino' or 'tensorrt'")

@@ -26,16 +26,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
              "VECLIB_MAXIMUM_THREADS"):
     os.environ.setdefault(_var, "1")  # this process only, before numpy loads its BLAS
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime.contract import MASK_SIZE, SEMANTIC_STRIDE  # noqa: E402
-from runtime.panoptic_io import Category, CategoryTable  # noqa: E402
-from runtime.postprocess import postprocess_single_image, to_panoptic_result  # noqa: E402
-from runtime.preprocess import rescale_size  # noqa: E402
+from pfpn.runtime.contract import MASK_SIZE, SEMANTIC_STRIDE  # noqa: E402
+from pfpn.runtime.categories import Category, CategoryTable  # noqa: E402
+from pfpn.runtime.postprocess import postprocess_single_image, to_panoptic_result  # noqa: E402
+from pfpn.runtime.preprocess import rescale_size  # noqa: E402
 
 
 def synthetic_outputs(height: int, width: int, num_instances: int, num_stuff: int, *, scene: str = "realistic",

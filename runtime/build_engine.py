@@ -45,11 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugins.names import CUSTOM_DOMAIN  # noqa: E402
-from runtime.trt.profiles import Profile, ProfileError, make_profile  # noqa: E402
+from pfpn.plugins.names import CUSTOM_DOMAIN  # noqa: E402
+from pfpn.runtime.trt.profiles import Profile, ProfileError, make_profile  # noqa: E402
 
 DEFAULT_WORKSPACE_GB = 4.0
 EXIT_USAGE = 2  # bad arguments or input files
@@ -220,8 +218,9 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     """Everything about the arguments and files that can be checked without TensorRT."""
     import onnx
 
-    from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
-    from runtime.trt.calibration import CalibrationError, list_images
+    from pfpn.runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+    from pfpn.runtime.images import ImageError, list_images
+    from pfpn.runtime.trt.calibration import CalibrationError
 
     onnx_path = Path(args.onnx)
     if not onnx_path.is_file():
@@ -255,8 +254,8 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         if not args.calib_images:
             raise UsageError("--int8 needs --calib-images DIR (real images like the deployment's)")
         try:
-            calib_paths = list_images(args.calib_images, args.calib_count)
-        except CalibrationError as e:
+            calib_paths = list_images(args.calib_images, count=args.calib_count, what="--calib-images")
+        except (CalibrationError, ImageError, FileNotFoundError) as e:
             raise UsageError(str(e)) from None
         if len(calib_paths) < profile.opt.batch:
             raise UsageError(f"--calib-images: {len(calib_paths)} images are fewer than the opt shape's batch "
@@ -269,7 +268,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def calibration_batches(inputs: Inputs) -> Iterator[dict[str, Any]]:
-    from runtime.trt.calibration import iter_batches
+    from pfpn.runtime.trt.calibration import iter_batches
 
     opt = inputs.profile.opt
     return iter_batches(inputs.calib_paths, opt.batch, opt.height, opt.width, inputs.metadata.max_long_side,
@@ -281,18 +280,18 @@ def prepare_onnx(inputs: Inputs, plan: BuildPlan, args: argparse.Namespace) -> t
     notes: list[str] = []
     model = inputs.model
     if plan.onnx_transform == "fp16":
-        from runtime.trt.fp16 import convert_to_fp16
+        from pfpn.runtime.trt.fp16 import convert_to_fp16
 
         model, fp16_report = convert_to_fp16(model)
         notes.append(fp16_report.summary())
     elif plan.onnx_transform == "qdq":
-        from runtime.trt.qdq import activation_tensors, collect_ranges, insert_qdq, quantizable_nodes
+        from pfpn.runtime.trt.qdq import activation_tensors, collect_ranges, insert_qdq, quantizable_nodes
 
         nodes, _ = quantizable_nodes(model)
         tensors = activation_tensors(model, nodes)
         factory = None
         if custom_ops(model):
-            from plugins.ort_ops import session_options
+            from pfpn.plugins.ort_ops import session_options
 
             factory = session_options
         t0 = time.time()
@@ -334,7 +333,7 @@ def build_serialized(onnx_bytes: bytes, plan: BuildPlan, inputs: Inputs, args: a
     config.add_optimization_profile(profile)
     calibrator = None
     if plan.calibrator:
-        from runtime.trt.calibration import make_trt10_calibrator
+        from pfpn.runtime.trt.calibration import make_trt10_calibrator
 
         calibrator = make_trt10_calibrator(calibration_batches(inputs), inputs.profile.opt.batch, args.calib_cache)
         config.int8_calibrator = calibrator
@@ -352,7 +351,7 @@ def build_serialized(onnx_bytes: bytes, plan: BuildPlan, inputs: Inputs, args: a
     if serialized is None:
         raise BuildError("TensorRT failed to build the engine (see the TensorRT log above)")
     if cache is not None:
-        from runtime.panoptic_io import atomic_write_bytes
+        from pfpn.runtime.files import atomic_write_bytes
 
         atomic_write_bytes(args.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
@@ -361,10 +360,10 @@ def build_serialized(onnx_bytes: bytes, plan: BuildPlan, inputs: Inputs, args: a
 def run(args: argparse.Namespace) -> Path | None:
     import onnx
 
-    from runtime.trt.engine_file import EngineInfo, PluginInfo, sha256_file, write_engine
-    from runtime.cuda import CudaError, GpuUnavailableError, gpus
-    from runtime.trt.conformance import check_onnx
-    from runtime.trt.runner import import_tensorrt
+    from pfpn.runtime.trt.engine_file import EngineInfo, PluginInfo, sha256_file, write_engine
+    from pfpn.runtime.cuda_driver import CudaError, GpuUnavailableError, gpus
+    from pfpn.runtime.trt.conformance import check_onnx
+    from pfpn.runtime.trt.runner import import_tensorrt
 
     inputs = check_inputs(args)
     needs_plugins = bool(custom_ops(inputs.model))
@@ -391,7 +390,7 @@ def run(args: argparse.Namespace) -> Path | None:
         print(note)
     onnx_bytes = model.SerializeToString()
     if args.save_onnx:
-        from runtime.panoptic_io import atomic_write_bytes
+        from pfpn.runtime.files import atomic_write_bytes
 
         atomic_write_bytes(args.save_onnx, onnx_bytes)
         print(f"wrote {args.save_onnx}")
@@ -410,7 +409,7 @@ def run(args: argparse.Namespace) -> Path | None:
         print("dry run: no engine built")
         return None
     if needs_plugins:
-        from plugins.trt_plugins import plugin_infos, register_plugins
+        from pfpn.plugins.trt_plugins import plugin_infos, register_plugins
 
         try:
             register_plugins()

@@ -1,9 +1,12 @@
-"""Reading and checking input images (torch-free). Every problem is a ``ValueError`` (or
-``FileNotFoundError``) whose message names it and says what to do."""
+"""Finding, reading and checking input images (torch-free), for every part of the project:
+the predictors, the CLIs, calibration, export verification, the datasets and the benchmarks.
+Every problem is a ``ValueError`` (or ``FileNotFoundError``) whose message names it and says
+what to do."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -13,6 +16,9 @@ MAX_SIDE = 16384
 MAX_PIXELS = 1 << 27  # 134 M pixels
 
 ImageLike = "np.ndarray | str | os.PathLike"
+
+# What list_images takes from a folder: the formats OpenCV decodes in every build.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageError(ValueError):
@@ -101,6 +107,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not data:
         raise ImageError(f"{path}: empty file")
     return decode_image(data, str(path))
+
+
+def list_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *, count: int | None = None,
+                what: str = "images") -> list[Path]:
+    """Image files from ``inputs`` (a folder, a file, or a sequence of both): a folder gives its
+    files with an :data:`IMAGE_SUFFIXES` suffix, sorted by name; a file is taken as it is. Keeps
+    the first ``count``. Raises ``FileNotFoundError`` for a missing folder and :class:`ImageError`
+    when nothing is found (``what`` names the inputs in the message, e.g. "--calib-images")."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if count is not None and count < 1:
+        raise ImageError(f"{what}: the image count must be >= 1, got {count}")
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
+        elif p.exists() or p.suffix.lower() in IMAGE_SUFFIXES:
+            paths.append(p)  # a missing image file is reported by read_image, image by image
+        else:
+            raise FileNotFoundError(f"{what}: {p} does not exist")
+    if not paths:
+        raise ImageError(f"{what}: no {'/'.join(IMAGE_SUFFIXES)} images in {', '.join(str(i) for i in items) or '[]'}")
+    return paths[:count] if count is not None else paths
 
 
 def load_image(image: np.ndarray | str | os.PathLike, name: str = "image") -> np.ndarray:

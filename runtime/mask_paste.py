@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.float32_ops import F32, fma32
+from pfpn.runtime.float32_ops import F32, fma32
 
 MASK_BAND = 2e-6  # pasted values this close to the threshold are recomputed exactly
 

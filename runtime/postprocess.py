@@ -28,12 +28,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from runtime.float32_ops import F32
-from runtime.mask_paste import MaskPaster
-from runtime.panoptic_io import VOID_ID, CategoryTable
-from runtime.result import PanopticResult, segments_info
-from runtime.semantic_labels import SemanticWindows, analyse_semantic_windows, label_undecided_pixels
-from runtime.torch_sort import fusion_order
+from pfpn.runtime.float32_ops import F32
+from pfpn.runtime.mask_paste import MaskPaster
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.panoptic_io import VOID_ID
+from pfpn.runtime.result import PanopticResult, segments_info
+from pfpn.runtime.semantic_labels import SemanticWindows, analyse_semantic_windows, label_undecided_pixels
+from pfpn.runtime.torch_sort import fusion_order
 
 __all__ = ["PostprocessOutput", "postprocess_single_image", "to_panoptic_result"]
 

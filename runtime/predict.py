@@ -14,25 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def collect_images(inputs: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            paths.append(p)
-    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.gpu.postprocess import POSTPROCESS_CHOICES
+    from pfpn.runtime.gpu.postprocess import POSTPROCESS_CHOICES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported .onnx (ONNX Runtime) or .engine (TensorRT) file")
@@ -49,15 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
     args = p.parse_args(argv)
 
-    from runtime.backends import ModelError
-    from runtime.contract import format_deployment_settings
-    from runtime.images import ImageError, read_image
-    from runtime.predictor import Predictor
-    from runtime.writers import save_overlay, write_coco_panoptic
+    from pfpn.runtime.backends import ModelError
+    from pfpn.runtime.contract import format_deployment_settings
+    from pfpn.runtime.images import ImageError, list_images, read_image
+    from pfpn.runtime.predictor import Predictor
+    from pfpn.runtime.writers import save_overlay, write_coco_panoptic
 
-    paths = collect_images(args.images)
-    if not paths:
-        print("error: no images found in the given paths", file=sys.stderr)
+    try:
+        paths = list_images(args.images)
+    except (FileNotFoundError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         predictor = Predictor(args.model, backend=args.backend, providers=args.providers.split(","),

@@ -1,6 +1,6 @@
 """The torch-free predictor applications embed.
 
-    from runtime import Predictor
+    from pfpn.runtime import Predictor
     predictor = Predictor("model.onnx")          # or "model.engine" (TensorRT)
     result = predictor.predict("street.jpg")     # or an (H, W, 3) uint8 BGR array
     result.id_map, result.segments_info          # COCO panoptic ids (0 = VOID) and segments
@@ -23,12 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.backends import Backend, SerializedBackend, choose_backend, open_backend
-from runtime.images import load_image
-from runtime.panoptic_io import CategoryTable
-from runtime.postprocess import postprocess_single_image, to_panoptic_result
-from runtime.preprocess import prepare_batch
-from runtime.result import PanopticResult, panoptic_result_from_label_map
+from pfpn.runtime.backends import Backend, SerializedBackend, choose_backend, open_backend
+from pfpn.runtime.images import load_image
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.postprocess import postprocess_single_image, to_panoptic_result
+from pfpn.runtime.preprocess import prepare_batch
+from pfpn.runtime.result import PanopticResult, panoptic_result_from_label_map
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Predictor:
     def __init__(self, model: str | os.PathLike, *, backend: str | None = None, providers: Sequence[str] = ("cpu",),
                  threads: int | None = None, batch_size: int = 1, postprocess: str = "auto",
                  **backend_options) -> None:
-        from runtime.gpu.postprocess import POSTPROCESS_CHOICES
+        from pfpn.runtime.gpu.postprocess import POSTPROCESS_CHOICES
 
         if postprocess not in POSTPROCESS_CHOICES:
             raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")

@@ -68,8 +68,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -396,8 +394,8 @@ def route_float_consumers(model) -> int:
 
 def calibration_feeds(image_paths: Sequence[str | os.PathLike], metadata) -> Iterator[dict[str, np.ndarray]]:
     """One contract feed (batch of 1, resized + padded exactly like the predictor) per image."""
-    from runtime.images import read_image
-    from runtime.preprocess import prepare_batch
+    from pfpn.runtime.images import read_image
+    from pfpn.runtime.preprocess import prepare_batch
 
     for path in image_paths:
         batch, sizes, _ = prepare_batch([read_image(path)], metadata.max_long_side, metadata.max_short_side,
@@ -413,8 +411,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from runtime.backends import read_model_metadata
-    from runtime.panoptic_io import atomic_output
+    from pfpn.runtime.backends import read_model_metadata
+    from pfpn.runtime.files import atomic_output
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     metadata = read_model_metadata(onnx_path)
@@ -475,11 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
     p.add_argument("--out", help="output path (default: <model>_int8.onnx)")
     args = p.parse_args(argv)
-    folder = Path(args.calib_images)
-    if not folder.is_dir():
-        print(f"error: calibration folder not found: {folder}", file=sys.stderr)
+    from pfpn.runtime.images import ImageError, list_images
+
+    try:
+        images = list_images(args.calib_images, count=args.calib_count, what="--calib-images")
+    except (FileNotFoundError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    images = sorted(q for q in folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.calib_count]
     out = Path(args.out) if args.out else Path(args.onnx).with_name(Path(args.onnx).stem + "_int8.onnx")
     t0 = time.perf_counter()
     try:

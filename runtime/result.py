@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.panoptic_io import VOID_ID, CategoryTable
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.panoptic_io import VOID_ID
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.contract import SEMANTIC_STRIDE
-from runtime.float32_ops import F32, F64, fma32
+from pfpn.runtime.contract import SEMANTIC_STRIDE
+from pfpn.runtime.float32_ops import F32, F64, fma32
 
 LOGIT_EPS = 1e-5  # x max |logit|: margins below this count as possible ties
 TILE = 4  # stride-4 cells per tile side in label_undecided_pixels (timed best of 2, 3, 4, 6, 8)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.float32_ops import F32
+from pfpn.runtime.float32_ops import F32
 
 
 def fusion_order(scores: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ runtime/predict.py writes (COCO panoptic PNGs + JSON, overlays).
 
 As a library (``tritonclient`` is the only extra dependency):
 
-    from runtime.triton_client import TritonPanopticClient
+    from pfpn.runtime.triton_client import TritonPanopticClient
     client = TritonPanopticClient("127.0.0.1:8000")            # protocol="grpc" for port 8001
     result = client.predict(open("street.jpg", "rb").read())   # or an (H, W, 3) uint8 BGR array
     result.id_map, result.segments_info                          # as runtime.Predictor returns them
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.contract import ModelMetadata  # noqa: E402
-from runtime.panoptic_io import CategoryTable  # noqa: E402
-from runtime.result import PanopticResult  # noqa: E402
+from pfpn.runtime.contract import ModelMetadata  # noqa: E402
+from pfpn.runtime.categories import CategoryTable  # noqa: E402
+from pfpn.runtime.result import PanopticResult  # noqa: E402
 
 PANOPTIC_MODEL = "pfpn_panoptic"
 PROTOCOLS = ("http", "grpc")
@@ -108,8 +106,8 @@ def predict_folder(*, url: str, images: list[Path], out: Path, protocol: str = "
                    overlays: bool = True, timeout: float = 60.0) -> tuple[int, int]:
     """Send every image (``concurrency`` requests in flight) and write the COCO panoptic PNGs +
     JSON (+ overlays) to ``out`` -> (images answered, images failed)."""
-    from runtime.images import ImageError, read_image
-    from runtime.writers import save_overlay, write_coco_panoptic
+    from pfpn.runtime.images import ImageError, read_image
+    from pfpn.runtime.writers import save_overlay, write_coco_panoptic
 
     client = TritonPanopticClient(url, protocol=protocol, timeout=timeout)
 
@@ -139,7 +137,7 @@ def predict_folder(*, url: str, images: list[Path], out: Path, protocol: str = "
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.predict import collect_images
+    from pfpn.runtime.images import ImageError, list_images
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="host:port of the server (HTTP 8000 / gRPC 8001 by default)")
@@ -150,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--no-overlay", action="store_true")
     args = p.parse_args(argv)
-    paths = collect_images(args.images)
-    if not paths:
-        print("error: no images found in the given paths", file=sys.stderr)
+    try:
+        paths = list_images(args.images)
+    except (FileNotFoundError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:

@@ -35,11 +35,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.backends import read_model_metadata  # noqa: E402
-from runtime.contract import MASK_SIZE  # noqa: E402
+from pfpn.runtime.backends import read_model_metadata  # noqa: E402
+from pfpn.runtime.contract import MASK_SIZE  # noqa: E402
 
 PANOPTIC_MODEL = "pfpn_panoptic"
 NETWORK_MODEL = "pfpn_network"
@@ -103,7 +101,7 @@ def check_trt_onnx(model: Path, flavor: str) -> None:
     ValueError listing what it would refuse."""
     import onnx
 
-    from runtime.trt.conformance import check_onnx
+    from pfpn.runtime.trt.conformance import check_onnx
 
     if flavor != "trt":
         raise ValueError(f"{model}: the tensorrt network backend needs a trt-flavor export (custom RoIAlign / NMS "

@@ -2,11 +2,11 @@
 
 The ``nvidia-pytriton`` wheel bundles the ``tritonserver`` binary (server 2.51) with its Python
 backend; nothing else of PyTriton is used. Its Python dependencies pin numpy < 2, so it is not
-installed into the project's environment: ``python -m runtime.triton_server --install`` (what
+installed into the project's environment: ``python -m pfpn.runtime.triton_server --install`` (what
 ``make test`` runs) unpacks it without dependencies into ``.triton/`` in the checkout
 (``PFPN_TRITON_SITE`` overrides), the way the reference implementation lives in ``.mmref/``.
 
-    from runtime.triton_server import TritonServer
+    from pfpn.runtime.triton_server import TritonServer
     with TritonServer("model_repository") as server:      # 127.0.0.1, free ports, waits until ready
         server.http_url, server.grpc_url, server.metrics_url
 
@@ -91,10 +91,10 @@ def find_triton(site: Path | None = None) -> TritonInstall:
             python = root / "venv" / "bin" / "python"
             if not python.is_file():
                 raise TritonUnavailable(f"{root} has no models' environment ({python}): run "
-                                        "`python -m runtime.triton_server --install`")
+                                        "`python -m pfpn.runtime.triton_server --install`")
             return TritonInstall(binary, backend, stub, python, root / "nvidia_pytriton.libs")
     raise TritonUnavailable(f"the bundled tritonserver was not found in {', '.join(map(str, roots))}: run "
-                            f"`python -m runtime.triton_server --install` (or `make test`), which puts {PYTRITON} "
+                            f"`python -m pfpn.runtime.triton_server --install` (or `make test`), which puts {PYTRITON} "
                             f"into {site_dir()} without its dependencies")
 
 

@@ -16,8 +16,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from runtime.panoptic_io import CategoryTable, atomic_write_bytes, atomic_write_json, write_panoptic_png
-from runtime.result import PanopticResult
+from pfpn.runtime.files import atomic_write_bytes, atomic_write_json
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.panoptic_io import write_panoptic_png
+from pfpn.runtime.result import PanopticResult
 
 __all__ = ["write_coco_panoptic", "overlay", "save_overlay", "segment_colors"]
 

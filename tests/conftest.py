@@ -13,14 +13,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic COCO panoptic dataset (16 train, 6 val images of 96x128)."""
-    from training.data.synthetic import generate_synthetic_panoptic
+    from pfpn.training.data.synthetic import generate_synthetic_panoptic
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_synthetic_panoptic(root, num_train=16, num_val=6, height=96, width=128, seed=3, progress=False)
@@ -32,11 +30,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Pa
     """A small-config checkpoint (random weights biased to detect) for the synthetic categories."""
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.config import tiny_synthetic
-    from training.data.coco_panoptic import CocoPanopticDataset
-    from training.model.panoptic_fpn import build_model
-    from training.random_checkpoint import make_firing
+    from pfpn.training.checkpoint import save_checkpoint
+    from pfpn.training.config import tiny_synthetic
+    from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+    from pfpn.training.model.panoptic_fpn import build_model
+    from pfpn.training.random_checkpoint import make_firing
 
     cats = CocoPanopticDataset(synthetic_root, "val").categories
     config = tiny_synthetic(cats.num_things, cats.num_stuff)
@@ -50,7 +48,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Pa
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint: Path) -> Path:
     """``tiny_checkpoint`` exported with the ort flavor."""
-    from export import to_onnx
+    from pfpn.export import to_onnx
 
     out = tiny_checkpoint.with_name("tiny_ort.onnx")
     assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--threads", "1"]) == 0
@@ -60,7 +58,7 @@ def tiny_onnx(tiny_checkpoint: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_trt_onnx(tiny_checkpoint: Path) -> Path:
     """``tiny_checkpoint`` exported with the trt flavor (custom RoIAlign / NMS nodes)."""
-    from export import to_onnx
+    from pfpn.export import to_onnx
 
     out = tiny_checkpoint.with_name("tiny_trt.onnx")
     assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--flavor", "trt", "--out", str(out), "--threads", "1"]) == 0
@@ -70,7 +68,7 @@ def tiny_trt_onnx(tiny_checkpoint: Path) -> Path:
 @pytest.fixture(scope="session")
 def r50_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random published-layout R-50 checkpoint (training/random_checkpoint.py --firing, seed 0)."""
-    from training import random_checkpoint
+    from pfpn.training import random_checkpoint
 
     ckpt = tmp_path_factory.mktemp("r50") / "r50_random.pth"
     assert random_checkpoint.main(["--out", str(ckpt), "--firing"]) == 0
@@ -80,7 +78,7 @@ def r50_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def r50_exports(r50_random_checkpoint: Path) -> dict[str, Path]:
     """``r50_random_checkpoint`` exported with both flavors: {"ort": path, "trt": path}."""
-    from export import to_onnx
+    from pfpn.export import to_onnx
 
     out = {}
     for flavor in ("ort", "trt"):

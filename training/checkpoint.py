@@ -22,10 +22,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from runtime.coco_categories import coco_panoptic_categories
-from runtime.panoptic_io import CategoryTable, atomic_output
-from training.config import (BackboneConfig, ModelConfig, TrainConfig, to_dict, train_config_from_dict)
-from training.model.panoptic_fpn import PanopticFPN, build_model
+from pfpn.runtime.categories import coco_panoptic_categories
+from pfpn.runtime.files import atomic_output
+from pfpn.runtime.categories import CategoryTable
+from pfpn.training.config import (BackboneConfig, ModelConfig, TrainConfig, to_dict, train_config_from_dict)
+from pfpn.training.model.panoptic_fpn import PanopticFPN, build_model
 
 FORMAT = "panoptic-fpn-deploy/1"
 

@@ -9,16 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from training.checkpoint import CheckpointError
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.evaluation.evaluate import evaluate
-from training.evaluation.pq import format_pq_table
-from training.predictor import PanopticPredictor
+from pfpn.training.checkpoint import CheckpointError
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.evaluation.evaluate import evaluate
+from pfpn.training.evaluation.pq import format_pq_table
+from pfpn.training.predictor import PanopticPredictor
 
 
 def main(argv: list[str] | None = None) -> int:

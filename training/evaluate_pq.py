@@ -1,6 +1,6 @@
 """Panoptic quality of COCO panoptic predictions (PNG folder + JSON) against the ground truth.
 
-    python -m training.evaluate_pq --gt-json annotations/panoptic_val2017.json \
+    python -m pfpn.training.evaluate_pq --gt-json annotations/panoptic_val2017.json \
         --pred-json work_dirs/pred/panoptic_val2017.json [--out results.json] [--per-category]
 
 Torch-free. The numbers agree with the reference COCO panoptic evaluation (panopticapi).
@@ -12,16 +12,14 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a file path: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from runtime.panoptic_io import atomic_write_json  # noqa: E402
-from training.evaluation.pq import format_pq_table, pq_compute  # noqa: E402
+from pfpn.runtime.files import atomic_write_json  # noqa: E402
+from pfpn.training.evaluation.pq import format_pq_table, pq_compute  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.evaluate_pq",
+        prog="python -m pfpn.training.evaluate_pq",
         description="Compute panoptic quality (PQ), segmentation quality (SQ) and recognition "
                     "quality (RQ) of COCO panoptic predictions, with the rules of the reference "
                     "COCO evaluation (panopticapi). Prints All / Things / Stuff rows (x100, "

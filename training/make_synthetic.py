@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m training.make_synthetic --root data/synthetic --num-train 500 --num-val 100
+    python -m pfpn.training.make_synthetic --root data/synthetic --num-train 500 --num-val 100
 """
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data.synthetic import generate_synthetic_panoptic  # noqa: E402
+from pfpn.training.data.synthetic import generate_synthetic_panoptic  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.make_synthetic",
+        prog="python -m pfpn.training.make_synthetic",
         description=(
             "Generate a synthetic panoptic dataset in the COCO panoptic layout: "
             "<root>/annotations/panoptic_{train,val}2017.json, the id PNGs in "

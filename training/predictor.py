@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from runtime.images import load_image
-from runtime.panoptic_io import CategoryTable
-from runtime.preprocess import resize_image
-from runtime.result import PanopticResult, panoptic_result_from_label_map
-from training.config import ModelConfig
-from training.model.panoptic_fpn import Detections, PanopticFPN
-from training.model.postprocess import heuristic_fusion, paste_masks, upsample_semantic_logits
-from training.preprocess import normalize_and_pad
+from pfpn.runtime.images import load_image
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.preprocess import resize_image
+from pfpn.runtime.result import PanopticResult, panoptic_result_from_label_map
+from pfpn.training.config import ModelConfig
+from pfpn.training.model.panoptic_fpn import Detections, PanopticFPN
+from pfpn.training.model.postprocess import heuristic_fusion, paste_masks, upsample_semantic_logits
+from pfpn.training.preprocess import normalize_and_pad
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PanopticPredictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, categories: CategoryTable | None = None,
                         device: str | torch.device = "cpu") -> "PanopticPredictor":
-        from training.checkpoint import load_model
+        from pfpn.training.checkpoint import load_model
 
         model, ckpt = load_model(path, categories=categories, device=device)
         return cls(model, ckpt.config.model, ckpt.categories, device)

@@ -13,16 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from runtime.coco_categories import coco_panoptic_categories
-from runtime.panoptic_io import CategoryTable
-from training.checkpoint import save_mmdet_checkpoint
-from training.config import PRESETS
-from training.model.panoptic_fpn import PanopticFPN, build_model
+from pfpn.runtime.categories import coco_panoptic_categories
+from pfpn.runtime.categories import CategoryTable
+from pfpn.training.checkpoint import save_mmdet_checkpoint
+from pfpn.training.config import PRESETS
+from pfpn.training.model.panoptic_fpn import PanopticFPN, build_model
 
 
 def make_firing(model: PanopticFPN) -> PanopticFPN:

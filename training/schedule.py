@@ -2,7 +2,7 @@
 iterations, then x``gamma`` at each step epoch."""
 from __future__ import annotations
 
-from training.config import SolverConfig
+from pfpn.training.config import SolverConfig
 
 
 def learning_rate(solver: SolverConfig, iteration: int, iters_per_epoch: int) -> float:

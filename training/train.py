@@ -19,22 +19,20 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.config import PRESETS, TrainConfig
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.data.collate import collate_train
-from training.data.transforms import TrainTransform
-from training.model.panoptic_fpn import PanopticFPN, build_model
-from training.progress import progress_line
-from training.schedule import learning_rate
+from pfpn.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pfpn.training.config import PRESETS, TrainConfig
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.data.collate import collate_train
+from pfpn.training.data.transforms import TrainTransform
+from pfpn.training.model.panoptic_fpn import PanopticFPN, build_model
+from pfpn.training.progress import progress_line
+from pfpn.training.schedule import learning_rate
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
 """Compile the GPU post-processing kernels (runtime/gpu/kernels.py) ahead of time to PTX with
-Triton, without a GPU: ``python -m runtime.gpu.build_ptx [--arch 75] [--out-dir DIR]``.
+Triton, without a GPU: ``python -m pfpn.runtime.gpu.build_ptx [--arch 75] [--out-dir DIR]``.
 
 Writes ``<kernel>_sm<XX>.ptx`` per kernel and target and ``manifest.json`` describing, for the
 torch-free, Triton-free launcher (runtime/gpu/launcher.py): the PTX entry name, num_warps
@@ -25,12 +25,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from runtime.gpu.launcher import MANIFEST_NAME, PTX_DIR  # noqa: E402
-from runtime.gpu.postprocess import KERNEL_SPECS, KernelSpec  # noqa: E402
-from runtime.gpu.triton_aot import TENSORRT10_TARGETS, compile_ptx, ptx_isa_for  # noqa: E402
+from pfpn.runtime.gpu.launcher import MANIFEST_NAME, PTX_DIR  # noqa: E402
+from pfpn.runtime.gpu.postprocess import KERNEL_SPECS, KernelSpec  # noqa: E402
+from pfpn.runtime.gpu.triton_aot import TENSORRT10_TARGETS, compile_ptx, ptx_isa_for  # noqa: E402
 
 DEFAULT_ARCHS = (75,)
 KERNELS_SOURCE = Path(__file__).resolve().parent / "kernels.py"
@@ -48,7 +46,7 @@ def specs_sha256() -> str:
 
 def compile_kernel(spec: KernelSpec, arch: int, ptx_isa: int | None = None) -> tuple[str, dict]:
     """-> (PTX text, manifest entry) for one kernel and target. Needs triton, no GPU."""
-    from runtime.gpu import kernels
+    from pfpn.runtime.gpu import kernels
 
     kernel = compile_ptx(getattr(kernels, spec.name), signature=dict(spec.params), constexprs=dict(spec.constexprs),
                          arch=arch, num_warps=spec.num_warps, ptx_isa=ptx_isa, hidden_params="keep")

@@ -10,8 +10,8 @@ every kernel (in Triton 3.8: ``global_scratch`` and ``profile_scratch``, two ``.
 pointers; Triton's own launcher passes per-launch scratch allocations there, or NULL when the
 kernel's scratch size is 0). :meth:`KernelModule.launch` packs exactly that list.
 
-Contexts, streams and buffers come from the project's one CUDA layer, ``runtime/cuda.py``. Without
-a driver, a device, or PTX the device can run, :class:`runtime.cuda.GpuUnavailableError` (a
+Contexts, streams and buffers come from the project's one CUDA layer, ``runtime/cuda_driver.py``. Without
+a driver, a device, or PTX the device can run, :class:`runtime.cuda_driver.GpuUnavailableError` (a
 ``RuntimeError``) says what is missing.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime import cuda
-from runtime.gpu.triton_aot import PtxError, nearest_target
+from pfpn.runtime import cuda_driver
+from pfpn.runtime.gpu.triton_aot import PtxError, nearest_target
 
 PTX_DIR = Path(__file__).resolve().parent / "ptx"
 MANIFEST_NAME = "manifest.json"
@@ -57,7 +57,7 @@ class KernelInfo:
 def read_manifest(ptx_dir: Path | str = PTX_DIR) -> dict:
     path = Path(ptx_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise cuda.GpuUnavailableError(f"no compiled kernels: {path} is missing (run python -m runtime.gpu.build_ptx)")
+        raise cuda_driver.GpuUnavailableError(f"no compiled kernels: {path} is missing (run python -m pfpn.runtime.gpu.build_ptx)")
     return json.loads(path.read_text())
 
 
@@ -67,7 +67,7 @@ def select_target(available: Sequence[int], capability: tuple[int, int]) -> int:
     try:
         return nearest_target(capability[0] * 10 + capability[1], available)
     except PtxError:
-        raise cuda.GpuUnavailableError(
+        raise cuda_driver.GpuUnavailableError(
             f"no PTX for this GPU (compute capability {capability[0]}.{capability[1]}): the post-processing "
             f"kernels are built for {', '.join(f'sm_{t}' for t in sorted(available)) or 'nothing'} and newer") from None
 
@@ -96,19 +96,19 @@ class PreparedLaunch:
     values: list  # ctypes parameter values (kept alive: the array points at them)
     array: Any  # ctypes void*[]
 
-    def launch(self, stream: cuda.Stream) -> None:
+    def launch(self, stream: cuda_driver.Stream) -> None:
         gx, gy, gz = self.grid
         if gx <= 0 or gy <= 0 or gz <= 0:
             return
-        cuda.check(cuda.driver().cuLaunchKernel(self.function, gx, gy, gz, self.block, 1, 1, self.shared, stream.handle,
+        cuda_driver.check(cuda_driver.driver().cuLaunchKernel(self.function, gx, gy, gz, self.block, 1, 1, self.shared, stream.handle,
                                         ctypes.addressof(self.array), 0), f"cuLaunchKernel({self.name})")
 
 
 class KernelModule:
     """All post-processing kernels loaded for the current device (one CUmodule per PTX file)."""
 
-    def __init__(self, ctx: cuda.CudaContext, ptx_dir: Path | str = PTX_DIR) -> None:
-        drv = cuda.driver()
+    def __init__(self, ctx: cuda_driver.CudaContext, ptx_dir: Path | str = PTX_DIR) -> None:
+        drv = cuda_driver.driver()
         self.ctx = ctx
         ptx_dir = Path(ptx_dir)
         manifest = read_manifest(ptx_dir)
@@ -118,16 +118,16 @@ class KernelModule:
         self.manifest = manifest
         self._modules: list = []
         self._functions: dict[str, Any] = {}
-        self._scratch: dict[str, cuda.DeviceBuffer] = {}
+        self._scratch: dict[str, cuda_driver.DeviceBuffer] = {}
         ctx.make_current()
         for name, info in self.infos.items():
             ptx = (ptx_dir / info.file).read_bytes() + b"\0"
-            module = cuda.check(drv.cuModuleLoadData(ptx), f"cuModuleLoadData({info.file})")
+            module = cuda_driver.check(drv.cuModuleLoadData(ptx), f"cuModuleLoadData({info.file})")
             self._modules.append(module)
-            function = cuda.check(drv.cuModuleGetFunction(module, info.entry.encode()), f"cuModuleGetFunction({info.entry})")
+            function = cuda_driver.check(drv.cuModuleGetFunction(module, info.entry.encode()), f"cuModuleGetFunction({info.entry})")
             if info.shared > 48 * 1024:
                 attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                cuda.check(drv.cuFuncSetAttribute(function, attr, info.shared), "cuFuncSetAttribute")
+                cuda_driver.check(drv.cuFuncSetAttribute(function, attr, info.shared), "cuFuncSetAttribute")
             self._functions[name] = function
 
     def _scratch_ptr(self, kernel: str, pname: str, spec: dict, programs: int) -> int:
@@ -140,7 +140,7 @@ class KernelModule:
         if buf is None or buf.nbytes < nbytes:
             if buf is not None:
                 buf.close()
-            buf = self._scratch[key] = cuda.DeviceBuffer(nbytes)
+            buf = self._scratch[key] = cuda_driver.DeviceBuffer(nbytes)
         align = max(int(spec.get("align", 1)), 1)
         return (buf.ptr + align - 1) // align * align
 
@@ -167,15 +167,15 @@ class KernelModule:
         return PreparedLaunch(name, self._functions[name], (gx, gy, gz), 32 * info.num_warps, info.shared, values,
                               array)
 
-    def launch(self, name: str, grid: tuple[int, int, int], args: Sequence[Any], stream: cuda.Stream) -> None:
+    def launch(self, name: str, grid: tuple[int, int, int], args: Sequence[Any], stream: cuda_driver.Stream) -> None:
         self.prepare(name, grid, args).launch(stream)
 
     def close(self) -> None:
-        drv = cuda.driver()
+        drv = cuda_driver.driver()
         for buf in self._scratch.values():
             buf.close()
         self._scratch.clear()
         for module in self._modules:
-            cuda.check(drv.cuModuleUnload(module), "cuModuleUnload")
+            cuda_driver.check(drv.cuModuleUnload(module), "cuModuleUnload")
         self._modules.clear()
         self._functions.clear()

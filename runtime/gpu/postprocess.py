@@ -30,8 +30,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from runtime import cuda
-from runtime.contract import MASK_SIZE, SEMANTIC_STRIDE
+from pfpn.runtime import cuda_driver
+from pfpn.runtime.contract import MASK_SIZE, SEMANTIC_STRIDE
 
 SORT_BLOCK = 128  # max detections per image the sort kernel handles (contract default: 100)
 HIST_BINS = 128  # max stuff classes
@@ -299,7 +299,7 @@ class GpuPostprocessor:
     semantic_logits=..., original_size=..., resized_size=..., padded_size=..., scale_factor=...)``
     takes DEVICE pointers (ints or CUDA-array-interface objects) to one image's rows of the
     contract outputs (shapes in :data:`BUFFERS`, D = max_detections) and returns
-    :class:`GpuLabelMap`. Raises :class:`runtime.cuda.GpuUnavailableError` (a
+    :class:`GpuLabelMap`. Raises :class:`runtime.cuda_driver.GpuUnavailableError` (a
     RuntimeError) when no CUDA driver/GPU or no PTX for the device is available.
     """
 
@@ -307,20 +307,20 @@ class GpuPostprocessor:
                  mask_threshold: float = 0.5, mask_overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
                  instance_offset: int = 1000, mask_size: int = MASK_SIZE, device: int = 0, stream: Any = None,
                  ptx_dir: Any = None, programs: int | None = None) -> None:
-        from runtime.gpu import launcher
+        from pfpn.runtime.gpu import launcher
 
         self.config = FusionConfig(num_thing_classes, num_stuff_classes, max_detections, mask_threshold,
                                    mask_overlap_threshold, stuff_area_limit, instance_offset, mask_size)
         self.config.validate()
-        self.context = cuda.CudaContext(device)
+        self.context = cuda_driver.CudaContext(device)
         self.kernels = launcher.KernelModule(self.context, ptx_dir or launcher.PTX_DIR)
         missing = [s.name for s in KERNEL_SPECS if s.name not in self.kernels.infos]
         if missing:
-            raise cuda.GpuUnavailableError(f"compiled kernels missing for sm_{self.kernels.target}: {missing}")
-        self.stream = self.context.create_stream() if stream is None else cuda.Stream.from_address(int(stream))
+            raise cuda_driver.GpuUnavailableError(f"compiled kernels missing for sm_{self.kernels.target}: {missing}")
+        self.stream = self.context.create_stream() if stream is None else cuda_driver.Stream.from_address(int(stream))
         self.programs = programs or 4 * self.context.sm_count
         self.workspace_layout = WorkspaceLayout.for_detections(max_detections)
-        self.workspace = cuda.DeviceBuffer(4 * self.workspace_layout.size)
+        self.workspace = cuda_driver.DeviceBuffer(4 * self.workspace_layout.size)
         self._label_map: Any = None
         self._prepared: dict = {}
 
@@ -336,7 +336,7 @@ class GpuPostprocessor:
         if self._label_map is None or self._label_map.nbytes < nbytes:
             if self._label_map is not None:
                 self._label_map.close()
-            self._label_map = cuda.DeviceBuffer(nbytes)
+            self._label_map = cuda_driver.DeviceBuffer(nbytes)
             self._prepared.clear()  # packed launches point at the old buffer
         return self._label_map
 
@@ -374,7 +374,7 @@ class GpuPostprocessor:
             self._prepared[key] = prepared
         for item in prepared:
             if isinstance(item, tuple):
-                cuda.memset_d32(item[0], 0, item[1], self.stream)
+                cuda_driver.memset_d32(item[0], 0, item[1], self.stream)
             else:
                 item.launch(self.stream)
         return out.ptr
@@ -385,8 +385,8 @@ class GpuPostprocessor:
         ptr = self.enqueue(**kwargs)
         label_map = np.empty((h, w), dtype=np.int32)
         workspace = np.empty(self.workspace_layout.size, dtype=np.int32)
-        cuda.copy_ptr_to_host(label_map, ptr, label_map.nbytes, self.stream)
-        cuda.copy_ptr_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
+        cuda_driver.copy_ptr_to_host(label_map, ptr, label_map.nbytes, self.stream)
+        cuda_driver.copy_ptr_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
         self.stream.synchronize()
         label_map, kept = read_back(label_map, workspace, self.config)
         return GpuLabelMap(label_map, kept)
@@ -416,7 +416,7 @@ def open_gpu_postprocessor(metadata: Any, *, postprocess: str = "auto", device: 
     postprocess: "gpu" (the kernels or an error), "cpu" (numpy), "auto" (the kernels where they
     run, else numpy with a one-line warning through ``warn``: no driver, a GPU older than the
     PTX's lowest target, or a model outside the kernels' limits such as > 128 detections)."""
-    from runtime.cuda import GpuUnavailableError
+    from pfpn.runtime.cuda_driver import GpuUnavailableError
 
     if postprocess not in POSTPROCESS_CHOICES:
         raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from runtime.backends import open_backend
-from runtime.contract import INPUT_NAMES, OUTPUT_NAMES
+from pfpn.runtime.backends import open_backend
+from pfpn.runtime.contract import INPUT_NAMES, OUTPUT_NAMES
 
 
 class TritonPythonModel:

@@ -18,11 +18,12 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
-from runtime.images import check_image, decode_image
-from runtime.panoptic_io import CategoryTable, encode_panoptic_png
-from runtime.predictor import prediction_single_image
-from runtime.preprocess import pad_batch, resize_image
+from pfpn.runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from pfpn.runtime.images import check_image, decode_image
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.panoptic_io import encode_panoptic_png
+from pfpn.runtime.predictor import prediction_single_image
+from pfpn.runtime.preprocess import pad_batch, resize_image
 
 
 def request_image(request, name: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.contract import MASK_SIZE
+from pfpn.runtime.contract import MASK_SIZE
 
 
 @dataclass
@@ -35,8 +35,8 @@ class DeviceLabelMap:
 
 class TensorRTBackend:
     def __init__(self, path: str | os.PathLike, *, device: int = 0, postprocess: str = "auto") -> None:
-        from runtime.gpu.postprocess import open_gpu_postprocessor
-        from runtime.trt.runner import TrtRunner
+        from pfpn.runtime.gpu.postprocess import open_gpu_postprocessor
+        from pfpn.runtime.trt.runner import TrtRunner
 
         self.runner = TrtRunner(path, device=device)
         self.metadata = self.runner.metadata
@@ -54,7 +54,7 @@ class TensorRTBackend:
         """Network + GPU post-processing; nothing but the results leaves the device."""
         if self.gpu_post is None:
             raise RuntimeError("this backend has no GPU post-processing (postprocess='cpu' or not available)")
-        from runtime.gpu.postprocess import image_pointers
+        from pfpn.runtime.gpu.postprocess import image_pointers
 
         tensors = self.runner.enqueue(images, image_sizes)
         pointers = {name: t.ptr for name, t in tensors.items()}

@@ -13,28 +13,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from runtime.preprocess import rescale_size
+from pfpn.runtime.images import read_image
+from pfpn.runtime.preprocess import rescale_size
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class CalibrationError(ValueError):
     pass
 
-
-def list_images(folder: str | os.PathLike, count: int | None = None) -> list[Path]:
-    """Image files in ``folder`` (sorted by name; the first ``count``)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise CalibrationError(f"--calib-images {root}: not a folder")
-    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if count is not None:
-        if count < 1:
-            raise CalibrationError(f"--calib-count must be >= 1, got {count}")
-        paths = paths[:count]
-    if not paths:
-        raise CalibrationError(f"--calib-images {root}: no {'/'.join(IMAGE_SUFFIXES)} images")
-    return paths
 
 
 def fit_size(width: int, height: int, max_long_side: int, max_short_side: int, box_height: int,
@@ -75,14 +61,6 @@ def make_batch(images_bgr: Sequence[np.ndarray], height: int, width: int, max_lo
     return {"images": images, "image_sizes": sizes}
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CalibrationError(f"cannot read image {path}")
-    return image
-
 
 def iter_batches(paths: Sequence[str | os.PathLike], batch: int, height: int, width: int, max_long_side: int,
                  max_short_side: int) -> Iterator[dict[str, np.ndarray]]:
@@ -109,8 +87,8 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (dicts of the network inputs, consumed
     lazily) from device memory. Reads/writes ``cache_file`` when given (a valid cache makes
     TensorRT skip calibration)."""
-    from runtime import cuda
-    from runtime.trt.runner import import_tensorrt
+    from pfpn.runtime import cuda_driver
+    from pfpn.runtime.trt.runner import import_tensorrt
 
     import_tensorrt()  # a one-line ImportError when TensorRT is missing
     import tensorrt as trt
@@ -126,8 +104,8 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
             self.batch_size = int(batch_size)
             self.seen = 0
             self.cache = Path(cache_file) if cache_file else None
-            self.buffers: dict[str, cuda.DeviceBuffer] = {}
-            self.cuda_context = cuda.CudaContext(0)  # the builder's device (primary context)
+            self.buffers: dict[str, cuda_driver.DeviceBuffer] = {}
+            self.cuda_context = cuda_driver.CudaContext(0)  # the builder's device (primary context)
             self.stream = self.cuda_context.create_stream()
 
         def get_batch_size(self) -> int:
@@ -146,7 +124,7 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
                 if buf is None or buf.nbytes < host.nbytes:
                     if buf is not None:
                         buf.close()
-                    buf = self.buffers[name] = cuda.DeviceBuffer(host.nbytes)
+                    buf = self.buffers[name] = cuda_driver.DeviceBuffer(host.nbytes)
                 buf.copy_from_host(host, self.stream)
                 pointers.append(buf.ptr)
             self.stream.synchronize()  # TensorRT reads the buffers as soon as this returns
@@ -159,7 +137,7 @@ def make_trt10_calibrator(batches: Iterable[dict[str, np.ndarray]], batch_size: 
 
         def write_calibration_cache(self, cache: Any) -> None:
             if self.cache is not None:
-                from runtime.panoptic_io import atomic_write_bytes
+                from pfpn.runtime.files import atomic_write_bytes
 
                 atomic_write_bytes(self.cache, bytes(cache))
 

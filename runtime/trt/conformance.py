@@ -108,7 +108,7 @@ class PluginSpec:
 
 def project_plugins() -> dict[str, PluginSpec]:
     """The plugins this project registers (plugins/trt_plugins.py), by node op_type."""
-    from plugins.trt_plugins import PLUGIN_SPECS
+    from pfpn.plugins.trt_plugins import PLUGIN_SPECS
 
     return {spec["name"]: PluginSpec(name=spec["name"], namespace=spec["namespace"], version=spec["version"],
                                      attributes=dict(spec["attributes"]), input_types=tuple(spec["input_types"]))

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import ModelMetadata
+from pfpn.runtime.contract import ModelMetadata
 
 SIDECAR_FORMAT = "pfpn-trt-engine/1"
 
@@ -104,7 +104,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def write_engine(engine_path: str | os.PathLike, engine: bytes, info: EngineInfo) -> None:
     """Write engine and sidecar atomically: both are complete temporary files before either is
     renamed into place (sidecar last), and nothing is left behind on failure."""
-    from runtime.panoptic_io import temporary_sibling
+    from pfpn.runtime.files import temporary_sibling
 
     path = Path(engine_path)
     info.engine_bytes = len(engine)

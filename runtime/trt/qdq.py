@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.trt.fp16 import constant_tensors as _constants, sensitive_producers
+from pfpn.runtime.trt.fp16 import constant_tensors as _constants, sensitive_producers
 
 QUANT_OPS = ("Conv",)
 INT8_MAX = 127

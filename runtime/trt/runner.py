@@ -1,6 +1,6 @@
 """Run a TensorRT engine built by runtime/build_engine.py: TensorRT 10/11 name-based tensor API
 (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on ONE CUDA stream, with the
-project's one CUDA layer (``runtime/cuda.py``: primary context, stream, device buffers), which the
+project's one CUDA layer (``runtime/cuda_driver.py``: primary context, stream, device buffers), which the
 GPU post-processing kernels share.
 
 Output buffers stay on the device, sized once for the profile's max batch. ``infer`` copies them
@@ -19,10 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime import cuda
-from runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
-from runtime.trt.engine_file import EngineInfo, read_engine
-from runtime.trt.profiles import Profile
+from pfpn.runtime import cuda_driver
+from pfpn.runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from pfpn.runtime.trt.engine_file import EngineInfo, read_engine
+from pfpn.runtime.trt.profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class TrtRunner:
 
     def __init__(self, engine_path: str | os.PathLike, *, device: int = 0) -> None:
         trt = import_tensorrt()  # a one-line ImportError when TensorRT is missing
-        self.cuda_context = cuda.CudaContext(device)
+        self.cuda_context = cuda_driver.CudaContext(device)
         data, self.info = read_engine(engine_path, trt.__version__, self.cuda_context.compute_capability)
         self.metadata: ModelMetadata = self.info.metadata()
         self.profile = Profile.from_dict(self.info.profile)
@@ -80,15 +80,15 @@ class TrtRunner:
             raise RuntimeError(f"engine I/O {self.inputs} -> {self.outputs} is not the export contract's "
                                f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}")
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self._in_buffers: dict[str, cuda.DeviceBuffer] = {}
-        self._out_buffers: dict[str, cuda.DeviceBuffer] = {}
+        self._in_buffers: dict[str, cuda_driver.DeviceBuffer] = {}
+        self._out_buffers: dict[str, cuda_driver.DeviceBuffer] = {}
 
-    def _buffer(self, pool: dict[str, cuda.DeviceBuffer], name: str, nbytes: int) -> cuda.DeviceBuffer:
+    def _buffer(self, pool: dict[str, cuda_driver.DeviceBuffer], name: str, nbytes: int) -> cuda_driver.DeviceBuffer:
         buf = pool.get(name)
         if buf is None or buf.nbytes < nbytes:
             if buf is not None:
                 buf.close()
-            buf = pool[name] = cuda.DeviceBuffer(nbytes)
+            buf = pool[name] = cuda_driver.DeviceBuffer(nbytes)
         return buf
 
     def enqueue(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, DeviceTensor]:
@@ -149,6 +149,6 @@ class TrtRunner:
 
 def engine_info(engine_path: str | os.PathLike) -> EngineInfo:
     """The sidecar of an engine without loading TensorRT."""
-    from runtime.trt.engine_file import read_engine_info
+    from pfpn.runtime.trt.engine_file import read_engine_info
 
     return read_engine_info(engine_path)

@@ -86,7 +86,7 @@ def test_scripts_explain_themselves():
 
 def test_trt_int8_target_gets_a_calibration_folder(monkeypatch, tmp_path):
     """pq_parity passes calibration images but no folder; build_engine.py --int8 needs a folder."""
-    import benchmarks.targets as targets
+    import pfpn.benchmarks.targets as targets
 
     images = []
     for i in range(2):
@@ -107,7 +107,7 @@ def test_trt_int8_target_gets_a_calibration_folder(monkeypatch, tmp_path):
 
 
 def test_mmdet_target_needs_the_published_layout(tiny_checkpoint, tmp_path):
-    import benchmarks.targets as targets
+    import pfpn.benchmarks.targets as targets
 
     target = targets.make_target("mmdet", ckpt=tiny_checkpoint, workdir=tmp_path, threads=1, calib_images=[])
     assert target.status == "skipped"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks.fps_repeats import main, repeat_spread
+from pfpn.benchmarks.fps_repeats import main, repeat_spread
 
 
 def _run(commit, **speedup):

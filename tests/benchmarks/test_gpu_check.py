@@ -15,10 +15,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_check as gc  # noqa: E402
+from pfpn.benchmarks import gpu_check as gc  # noqa: E402
 
 GPU_WORDS = ("GPU", "CUDA", "TensorRT")
 
@@ -174,7 +172,7 @@ def test_report_formatting_and_json():
 
 
 def test_network_and_numpy_postprocessing_helpers_on_the_cpu():
-    from export.metadata import build_metadata
+    from pfpn.export.metadata import build_metadata
 
     model, config = gc.build_small_model()
     meta = build_metadata(config.model, gc.small_categories(), flavor="ort", source="test")
@@ -213,8 +211,8 @@ def test_trt_check_networks_are_right_under_onnx_runtime():
     and compute what the checks expect (ONNX Runtime; the custom nodes via onnxruntime-extensions)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxruntime_extensions")
-    from plugins import ort_ops, reference
-    from runtime.trt.conformance import check_onnx
+    from pfpn.plugins import ort_ops, reference
+    from pfpn.runtime.trt.conformance import check_onnx
 
     model = gc.uint8_cast_transpose_model()
     assert not check_onnx(model).errors
@@ -250,8 +248,8 @@ INTERPRET = r"""
 import sys
 sys.path.insert(0, {root!r})
 import torch
-from benchmarks import gpu_check as gc
-from plugins import reference, triton_kernels as tk
+from pfpn.benchmarks import gpu_check as gc
+from pfpn.plugins import reference, triton_kernels as tk
 roi, nms = gc.roi_align_cases(quick=True), gc.nms_cases(quick=True)
 for name in ("zero_rows_degenerate", "sampling_2", "empty"):
     case = roi[name]
@@ -283,7 +281,7 @@ def test_plugin_kernel_launches_under_the_triton_interpreter():
 
 
 def test_kernel_cases_cover_zero_rows_ties_and_empty_inputs():
-    from plugins import reference
+    from pfpn.plugins import reference
 
     roi = gc.roi_align_cases(quick=True)
     out = reference.multilevel_roi_align(roi["zero_rows_degenerate"]["rois"], roi["zero_rows_degenerate"]["feats"],
@@ -300,14 +298,14 @@ def test_kernel_cases_cover_zero_rows_ties_and_empty_inputs():
 def test_small_exports_and_the_engine_build_command(tmp_path):
     """The trt checks' exports (both flavors, in-process) and the build_engine.py subprocess, which
     here stops with TensorRT's one-line reason; the ONNX Runtime side of trt_end_to_end runs."""
-    from runtime.predictor import Predictor
+    from pfpn.runtime.predictor import Predictor
 
     ctx = gc.CheckContext(work_dir=tmp_path, quick=True, budget=gc.Budget(270))
     paths = gc.small_exports(ctx)
     assert all(p.is_file() for p in paths.values())
     assert gc.small_exports(ctx) is paths  # built once
     try:
-        from runtime.trt.runner import import_tensorrt
+        from pfpn.runtime.trt.runner import import_tensorrt
 
         import_tensorrt()
     except ImportError:
@@ -326,8 +324,8 @@ def test_aot_plugin_kernel_passes_exactly_the_plugins_arguments(monkeypatch):
     import ctypes
     from types import SimpleNamespace
 
-    from plugins import triton_kernels as tk
-    from runtime import cuda
+    from pfpn.plugins import triton_kernels as tk
+    from pfpn.runtime import cuda_driver
 
     launches, loaded = [], []
 
@@ -350,8 +348,8 @@ def test_aot_plugin_kernel_passes_exactly_the_plugins_arguments(monkeypatch):
             launches.append(dict(fn=fn, grid=(gx, gy, gz), block=(bx, by, bz), shared=shared, values=values))
             return (0,)
 
-    monkeypatch.setattr(cuda, "driver", lambda: Driver())
-    monkeypatch.setattr(cuda, "CudaContext", lambda device=0: SimpleNamespace(capability=(12, 0)))
+    monkeypatch.setattr(cuda_driver, "driver", lambda: Driver())
+    monkeypatch.setattr(cuda_driver, "CudaContext", lambda device=0: SimpleNamespace(capability=(12, 0)))
     tensor = lambda addr: SimpleNamespace(data_ptr=lambda: addr)
     kernel = gc.AotPluginKernel("nms_kernel")
     cx = tk.nms_constexprs(0.5, 0.1, 8)

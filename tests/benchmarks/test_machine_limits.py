@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.machine_limits import GemmPeak, busier, gemm_peak, network_flops, percent_of_peak
+from pfpn.benchmarks.machine_limits import GemmPeak, busier, gemm_peak, network_flops, percent_of_peak
 
 
 def test_gemm_peaks_run_in_onnx_runtime():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from benchmarks.op_profile import aggregate_trace, format_profile, onnx_op_profile
+from pfpn.benchmarks.op_profile import aggregate_trace, format_profile, onnx_op_profile
 
 
 def _node(name, op, ts, dur):

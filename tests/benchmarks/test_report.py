@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.report import write_report
+from pfpn.benchmarks.report import write_report
 
 
 def _fps_row(name, median, network, post):

@@ -1,7 +1,7 @@
 """benchmarks/serve_bench.py: its statistics by hand, and a short run against the real server."""
 import pytest
 
-from benchmarks.serve_bench import ServeRow, _row, format_serve_table
+from pfpn.benchmarks.serve_bench import ServeRow, _row, format_serve_table
 
 
 def test_row_statistics_by_hand():
@@ -22,14 +22,14 @@ def test_table_relates_every_row_to_the_best_in_process_rate():
 def test_short_run_against_the_server(tiny_onnx, synthetic_root, tmp_path):
     import cv2
 
-    from runtime.triton_server import TritonUnavailable, find_triton
+    from pfpn.runtime.triton_server import TritonUnavailable, find_triton
 
     try:
         find_triton()
     except TritonUnavailable as e:
         pytest.skip(str(e).splitlines()[0])
     pytest.importorskip("tritonclient.http")
-    from benchmarks.serve_bench import run_serve_bench
+    from pfpn.benchmarks.serve_bench import run_serve_bench
 
     images = [cv2.imread(str(p)) for p in sorted((synthetic_root / "val2017").glob("*.jpg"))[:2]]
     rows = run_serve_bench(model=tiny_onnx, images=images, requests=4, concurrencies=[1, 2], protocols=["http"],

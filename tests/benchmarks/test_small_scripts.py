@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.quantize_int8 import quantize_int8
-from training.checkpoint import load_checkpoint
+from pfpn.runtime.quantize_int8 import quantize_int8
+from pfpn.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.throughput import parse_layouts
+from pfpn.benchmarks.throughput import parse_layouts
 
 ROOT = Path(__file__).resolve().parents[2]
 

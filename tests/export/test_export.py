@@ -12,19 +12,19 @@ import onnx
 import pytest
 import torch
 
-from export import to_onnx
-from export.metadata import read_metadata
-from export.verify import compare
-from runtime.backends import OnnxRuntimeBackend
-from runtime.contract import CONTRACT_VERSION, OUTPUT_NAMES
-from runtime.panoptic_io import CategoryTable
-from runtime.preprocess import prepare_batch
-from training.checkpoint import save_checkpoint
-from training.config import tiny_synthetic
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.model.panoptic_fpn import build_model
-from training.predictor import PanopticPredictor
-from training.random_checkpoint import make_firing
+from pfpn.export import to_onnx
+from pfpn.export.metadata import read_metadata
+from pfpn.export.verify import compare
+from pfpn.runtime.backends import OnnxRuntimeBackend
+from pfpn.runtime.contract import CONTRACT_VERSION, OUTPUT_NAMES
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.preprocess import prepare_batch
+from pfpn.training.checkpoint import save_checkpoint
+from pfpn.training.config import tiny_synthetic
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.model.panoptic_fpn import build_model
+from pfpn.training.predictor import PanopticPredictor
+from pfpn.training.random_checkpoint import make_firing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_no_detections(tmp_path, synthetic_root):
 
 def test_openvino_runs_the_ort_flavor(exported, synthetic_root):
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
-    from runtime.backends import OpenVinoBackend
+    from pfpn.runtime.backends import OpenVinoBackend
 
     ckpt, paths = exported
     rows = compare(PanopticPredictor.from_checkpoint(ckpt), OpenVinoBackend(paths["ort"], threads=1),
@@ -173,8 +173,8 @@ def test_deployment_settings_at_export(exported, synthetic_root, tmp_path):
     those settings, and detections below the published 0.6 that the default export drops."""
     from dataclasses import replace
 
-    from runtime.predictor import Predictor
-    from training.checkpoint import load_model
+    from pfpn.runtime.predictor import Predictor
+    from pfpn.training.checkpoint import load_model
 
     ckpt, paths = exported
     out = tmp_path / "tuned.onnx"

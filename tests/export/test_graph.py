@@ -11,11 +11,11 @@ import onnx
 import pytest
 import torch
 
-from export.graph import ExportablePanopticFPN
-from training.config import tiny_synthetic
-from training.data.synthetic import make_synthetic_sample
-from training.model.panoptic_fpn import build_model
-from training.random_checkpoint import make_firing
+from pfpn.export.graph import ExportablePanopticFPN
+from pfpn.training.config import tiny_synthetic
+from pfpn.training.data.synthetic import make_synthetic_sample
+from pfpn.training.model.panoptic_fpn import build_model
+from pfpn.training.random_checkpoint import make_firing
 
 
 def _inputs():

@@ -1,7 +1,7 @@
 """The parity bookkeeping: matching by IoU (not by index), thresholds, edge rows."""
 import torch
 
-from export.verify import ImageParity, format_parity, match_detections, passed
+from pfpn.export.verify import ImageParity, format_parity, match_detections, passed
 
 
 def test_matching_ignores_order_and_requires_same_label():

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import plugins.torch_ops  # noqa: F401
-from plugins import reference
-from plugins.ort_ops import session_options
-from plugins.torch_ops import export_flavor
+import pfpn.plugins.torch_ops  # noqa: F401
+from pfpn.plugins import reference
+from pfpn.plugins.ort_ops import session_options
+from pfpn.plugins.torch_ops import export_flavor
 
 STRIDES = (4, 8, 16, 32)
 

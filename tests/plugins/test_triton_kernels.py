@@ -18,10 +18,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from plugins import reference  # noqa: E402
+from pfpn.plugins import reference  # noqa: E402
 
 # feature pyramid of a 128 x 160 input: P2..P5 at strides 4..32
 LEVEL_SIZES = [(32, 40), (16, 20), (8, 10), (4, 5)]
@@ -106,7 +104,7 @@ def nms_cases():
 def _child(inp: str, out: str) -> None:
     import torch
 
-    from plugins import triton_kernels as tk
+    from pfpn.plugins import triton_kernels as tk
 
     data = np.load(inp, allow_pickle=True)
     results = {}
@@ -186,7 +184,7 @@ def test_nms_cases_exercise_suppression_and_padding():
 # ahead-of-time compilation (no GPU): what TensorRT's AOT plugins receive
 
 def _production_constexprs(variant):
-    from plugins import triton_kernels as tk
+    from pfpn.plugins import triton_kernels as tk
 
     if variant == "roi_align_kernel":
         return tk.roi_align_constexprs(7, 7, 0, 4, 56.0)
@@ -196,7 +194,7 @@ def _production_constexprs(variant):
 
 
 def _expected_isa(arch):
-    from runtime.gpu.triton_aot import MIN_PTX_ISA
+    from pfpn.runtime.gpu.triton_aot import MIN_PTX_ISA
 
     isa = max(80, MIN_PTX_ISA[arch])  # 8.0 (CUDA 12.0 drivers) unless the target needs more
     return f"{isa // 10}.{isa % 10}"
@@ -210,8 +208,8 @@ def test_aot_compile_and_assemble_for_every_tensorrt10_gpu(tmp_path, arch, varia
     (sm_100: 8.6, sm_120: 8.7; ISA 8.0 there aborts LLVM), and ptxas assembles it."""
     if os.environ.get("TRITON_INTERPRET"):
         pytest.skip("TRITON_INTERPRET is set: triton cannot compile in this process")
-    from plugins import triton_kernels as tk
-    from runtime.gpu.triton_aot import assemble, entry_param_names
+    from pfpn.plugins import triton_kernels as tk
+    from pfpn.runtime.gpu.triton_aot import assemble, entry_param_names
 
     name = variant.split("/")[0]
     kernel = tk.compile_kernel(name, arch, _production_constexprs(variant))
@@ -232,8 +230,8 @@ def test_aot_compile_and_assemble_for_every_tensorrt10_gpu(tmp_path, arch, varia
 def test_aot_compile_second_roi_align_variant(tmp_path):
     if os.environ.get("TRITON_INTERPRET"):
         pytest.skip("TRITON_INTERPRET is set: triton cannot compile in this process")
-    from plugins import triton_kernels as tk
-    from runtime.gpu.triton_aot import assemble
+    from pfpn.plugins import triton_kernels as tk
+    from pfpn.runtime.gpu.triton_aot import assemble
 
     kernel = tk.compile_kernel("roi_align_kernel", 87, _production_constexprs("roi_align_kernel/sampling2"))
     (tmp_path / "k.ptx").write_text(kernel.ptx)
@@ -241,7 +239,7 @@ def test_aot_compile_second_roi_align_variant(tmp_path):
 
 
 def test_ptx_isa_choice():
-    from runtime.gpu.triton_aot import PtxError, nearest_target, ptx_isa_for
+    from pfpn.runtime.gpu.triton_aot import PtxError, nearest_target, ptx_isa_for
 
     assert ptx_isa_for(75) == 80 and ptx_isa_for(90) == 80
     assert ptx_isa_for(100) == 86 and ptx_isa_for(120) == 87
@@ -256,7 +254,7 @@ def test_ptx_isa_choice():
 
 
 def test_strip_hidden_params():
-    from runtime.gpu.triton_aot import PtxError, entry_param_names, ptx_isa_version, ptx_target, strip_hidden_params
+    from pfpn.runtime.gpu.triton_aot import PtxError, entry_param_names, ptx_isa_version, ptx_target, strip_hidden_params
 
     ptx = (".version 8.8\n.target sm_90a\n.address_size 64\n.visible .entry k(\n\t.param .u64 k_param_0,\n"
            "\t.param .u32 k_param_1,\n\t.param .u64 k_param_2,\n\t.param .u64 k_param_3\n)\n{\n"
@@ -272,7 +270,7 @@ def test_strip_hidden_params():
 
 
 def test_launch_configuration_validation():
-    from plugins import triton_kernels as tk
+    from pfpn.plugins import triton_kernels as tk
 
     assert tk.nms_constexprs(0.5, 0.6, 100)["BLOCK_K"] == 128
     assert tk.nms_constexprs(0.5, 0.6, 3)["BLOCK_K"] == 16

@@ -11,8 +11,8 @@ import typing
 
 import pytest
 
-from plugins import trt_plugins as tp
-from plugins.trt_plugins import PluginShapeError
+from pfpn.plugins import trt_plugins as tp
+from pfpn.plugins.trt_plugins import PluginShapeError
 
 
 def test_roi_align_output_dims_static_and_symbolic():
@@ -84,7 +84,7 @@ def test_target_sm():
 
 
 def test_plugin_ids_match_the_onnx_nodes():
-    from plugins.names import PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from pfpn.plugins.names import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
     assert tp.PLUGIN_IDS == ("pfpn::MultiLevelRoIAlign", "pfpn::BatchedNMS")
     assert PLUGIN_NAMESPACE == "pfpn" and PLUGIN_VERSION == "1"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.reference import roi_align_single
+from pfpn.plugins.reference import roi_align_single
 from tests.reference import mmcv_ext_standin as standin
 from tests.reference.reference_env import ensure_installed, reference_environment
 

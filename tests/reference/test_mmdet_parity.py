@@ -30,14 +30,14 @@ import numpy as np
 import pytest
 import torch
 
-from export import to_onnx
-from runtime.predictor import Predictor
+from pfpn.export import to_onnx
+from pfpn.runtime.predictor import Predictor
 from tests.reference.reference_env import ensure_installed, photograph, reference_environment
-from training.checkpoint import load_model, save_mmdet_checkpoint
-from training.config import ModelConfig
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.model.panoptic_fpn import rebuild_with_config
-from training.predictor import PanopticPredictor, load_bgr
+from pfpn.training.checkpoint import load_model, save_mmdet_checkpoint
+from pfpn.training.config import ModelConfig
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.model.panoptic_fpn import rebuild_with_config
+from pfpn.training.predictor import PanopticPredictor, load_bgr
 
 HERE = Path(__file__).resolve().parent
 RUN_MMDET = HERE / "run_mmdet.py"
@@ -166,7 +166,7 @@ def near_tie_pixels(predictor: PanopticPredictor, image: Path, pixels: np.ndarra
     sees them) within ``eps`` of each other relative to the largest magnitude, or a pasted mask
     probability within ``eps`` of the mask threshold. There float32 rounding (ONNX Runtime's
     kernels round differently from PyTorch's) legitimately decides either way."""
-    from training.model.postprocess import paste_masks, upsample_semantic_logits
+    from pfpn.training.model.postprocess import paste_masks, upsample_semantic_logits
 
     config = predictor.config
     batch = predictor.prepare([load_bgr(image)])
@@ -347,8 +347,8 @@ def test_r50_runtime_tie_order_is_the_stable_one(r50, monkeypatch, level, image)
 def use_stable_tie_order(monkeypatch) -> None:
     """Our model with a stable descending sort (ties in index order) instead of the reference's
     unstable one, in the RPN top-k and every NMS."""
-    import training.model.box_ops as box_ops
-    import training.model.rpn as rpn
+    import pfpn.training.model.box_ops as box_ops
+    import pfpn.training.model.rpn as rpn
 
     def stable_descending_order(scores):
         return scores.sort(descending=True, stable=True)[1]
@@ -378,7 +378,7 @@ def test_r50_stable_sort_breaks_parity(r50, monkeypatch):
 @pytest.fixture(scope="module")
 def small_trained(synthetic_root, tmp_path_factory) -> Path:
     """The small config after 24 iterations of training (its scores are low: the low threshold)."""
-    from training import train
+    from pfpn.training import train
 
     work = tmp_path_factory.mktemp("small_trained")
     assert train.main(["--config", "tiny_synthetic", "--data-root", str(synthetic_root), "--work-dir", str(work),

@@ -1,9 +1,9 @@
-"""Bad input images give clear errors naming the problem."""
+"""Finding images, and bad input images giving clear errors naming the problem (runtime/images.py)."""
 import cv2
 import numpy as np
 import pytest
 
-from runtime.images import ImageError, MAX_SIDE, load_image, read_image
+from pfpn.runtime.images import ImageError, MAX_SIDE, list_images, load_image, read_image
 
 
 @pytest.mark.parametrize("image,message", [
@@ -55,7 +55,7 @@ def test_files(tmp_path):
 
 
 def test_decode_image_reads_what_read_image_reads(tmp_path):
-    from runtime.images import decode_image, read_image
+    from pfpn.runtime.images import decode_image, read_image
 
     image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
     for ext in (".png", ".jpg"):
@@ -65,7 +65,7 @@ def test_decode_image_reads_what_read_image_reads(tmp_path):
 
 
 def test_decode_image_refuses_bad_data_by_name():
-    from runtime.images import decode_image
+    from pfpn.runtime.images import decode_image
 
     with pytest.raises(ImageError, match="request 3: empty data"):
         decode_image(b"", "request 3")
@@ -83,3 +83,24 @@ def test_decode_image_refuses_bad_data_by_name():
     huge_jpg = jpg[:sof + 5] + (30000).to_bytes(2, "big") + (20000).to_bytes(2, "big") + jpg[sof + 9:]
     with pytest.raises(ImageError, match="30000x20000, too large"):
         decode_image(huge_jpg, "x")
+
+
+def test_list_images_from_folders_and_files(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("b.JPG", "a.png", "c.webp", "notes.txt", "d.tiff"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub.png").mkdir()  # a folder with an image-like name is not an image
+    assert [p.name for p in list_images(folder)] == ["a.png", "b.JPG", "c.webp", "d.tiff"]
+    assert [p.name for p in list_images(folder, count=2)] == ["a.png", "b.JPG"]
+    # files are taken as given, in order, also before a folder's listing; a missing image file is
+    # left to read_image (which names it), a missing folder is refused here
+    single = tmp_path / "z.jpg"
+    assert list_images([single, folder], count=2) == [single, folder / "a.png"]
+    with pytest.raises(FileNotFoundError, match="--calib-images: .*missing does not exist"):
+        list_images(tmp_path / "missing", what="--calib-images")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="--verify-images: no .jpg/.jpeg/.png"):
+        list_images(tmp_path / "empty", what="--verify-images")
+    with pytest.raises(ImageError, match="count must be >= 1"):
+        list_images(folder, count=0)

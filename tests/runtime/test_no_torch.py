@@ -13,11 +13,11 @@ import sys
 sys.modules["torch"] = None          # any `import torch` now raises ImportError
 sys.modules["torchvision"] = None
 sys.path.insert(0, {root!r})
-import runtime
-from runtime import Predictor
-import runtime.backends, runtime.contract, runtime.images, runtime.panoptic_io, runtime.postprocess
-import runtime.mask_paste, runtime.semantic_labels, runtime.torch_sort, runtime.float32_ops
-import runtime.preprocess, runtime.result, runtime.writers, runtime.predictor
+import pfpn.runtime
+from pfpn.runtime import Predictor
+import pfpn.runtime.backends, pfpn.runtime.contract, pfpn.runtime.images, pfpn.runtime.panoptic_io, pfpn.runtime.postprocess
+import pfpn.runtime.mask_paste, pfpn.runtime.semantic_labels, pfpn.runtime.torch_sort, pfpn.runtime.float32_ops
+import pfpn.runtime.preprocess, pfpn.runtime.result, pfpn.runtime.writers, pfpn.runtime.predictor
 predictor = Predictor({model!r}, threads=1)
 result = predictor.predict({image!r})
 loaded = [m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in ("torch", "torchvision")]

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.panoptic_io import Category, CategoryTable
-from runtime.mask_paste import paste_mask_region
-from runtime.postprocess import postprocess_single_image, to_panoptic_result
-from runtime.semantic_labels import semantic_argmax
-from runtime.torch_sort import fusion_order
-from runtime.preprocess import rescale_size
-from runtime.result import panoptic_result_from_label_map
-from training.config import FusionConfig, MaskHeadConfig, ModelConfig
-from training.model.panoptic_fpn import Detections
-from training.model.postprocess import paste_masks, upsample_semantic_logits
-from training.predictor import label_map_single_image
+from pfpn.runtime.categories import Category, CategoryTable
+from pfpn.runtime.mask_paste import paste_mask_region
+from pfpn.runtime.postprocess import postprocess_single_image, to_panoptic_result
+from pfpn.runtime.semantic_labels import semantic_argmax
+from pfpn.runtime.torch_sort import fusion_order
+from pfpn.runtime.preprocess import rescale_size
+from pfpn.runtime.result import panoptic_result_from_label_map
+from pfpn.training.config import FusionConfig, MaskHeadConfig, ModelConfig
+from pfpn.training.model.panoptic_fpn import Detections
+from pfpn.training.model.postprocess import paste_masks, upsample_semantic_logits
+from pfpn.training.predictor import label_map_single_image
 
 T, S = 3, 3  # hand-built cases: things 0..2, stuff 3..5 (channels 0..2), things channel 3, VOID 6
 VOID = T + S

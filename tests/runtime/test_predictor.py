@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import Predictor
-from runtime.backends import ModelError
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.predictor import PanopticPredictor
+from pfpn.runtime import Predictor
+from pfpn.runtime.backends import ModelError
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.predictor import PanopticPredictor
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_bad_images(tiny_onnx):
 
 
 def test_directory_is_not_an_image(tiny_checkpoint, tiny_onnx, tmp_path):
-    from runtime.images import ImageError
+    from pfpn.runtime.images import ImageError
 
     for predictor in (Predictor(tiny_onnx, threads=1), PanopticPredictor.from_checkpoint(tiny_checkpoint)):
         with pytest.raises(ImageError, match="is a directory, not an image file"):
@@ -115,7 +115,7 @@ def test_directory_is_not_an_image(tiny_checkpoint, tiny_onnx, tmp_path):
 def test_extreme_aspect_ratios_run(tiny_checkpoint, tiny_onnx, shape):
     """SPEC's resize would give a zero-pixel side (mmdetection fails in cv2.resize there); both
     predictors keep at least one pixel per side and return a map of the original size, the same."""
-    from runtime.preprocess import rescale_size
+    from pfpn.runtime.preprocess import rescale_size
 
     h, w = shape
     new_w, new_h, _ = rescale_size(w, h, 256, 192)
@@ -139,7 +139,7 @@ def test_metadata_exposed(tiny_onnx):
 def test_postprocess_choice_reaches_the_engine_backend(tiny_onnx, tmp_path, monkeypatch):
     """Predictor(engine, postprocess=...) opens the TensorRT backend with that choice (the backend
     itself needs a GPU; here a recorder stands in for it)."""
-    from runtime.trt import backend as trt_backend
+    from pfpn.runtime.trt import backend as trt_backend
 
     seen = []
 

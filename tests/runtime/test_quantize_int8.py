@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime import Predictor
-from runtime.quantize_int8 import (conv_transpose_to_conv, prepare_for_int8, quantize_int8, reduce_sum_to_adds,
+from pfpn.runtime import Predictor
+from pfpn.runtime.quantize_int8 import (conv_transpose_to_conv, prepare_for_int8, quantize_int8, reduce_sum_to_adds,
                                    untie_initializers)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def _session(path, **config):
 def _feed(image_path, size=(256, 192)):
     import cv2
 
-    from runtime.preprocess import prepare_batch
+    from pfpn.runtime.preprocess import prepare_batch
 
     batch, sizes, _ = prepare_batch([cv2.imread(str(image_path))], size[0], size[1], 32)
     return {"images": batch, "image_sizes": sizes}
@@ -51,7 +51,7 @@ def test_quantize_and_run(int8_onnx, tiny_onnx, synthetic_root):
     assert int8.metadata.categories == fp32.metadata.categories and "int8" in int8.metadata.source
     # random weights biased to detect give ~100 near-tied detections, so compare the network's
     # semantic output (argmax of the logits) rather than instance numbering
-    from runtime.preprocess import prepare_batch
+    from pfpn.runtime.preprocess import prepare_batch
 
     agree = []
     for image in sorted((synthetic_root / "val2017").iterdir())[:3]:

@@ -1,8 +1,8 @@
 """Model-level panoptic map -> COCO ids and segments_info, on a hand-built map."""
 import numpy as np
 
-from runtime.panoptic_io import Category, CategoryTable
-from runtime.result import panoptic_result_from_label_map, segment_bboxes
+from pfpn.runtime.categories import Category, CategoryTable
+from pfpn.runtime.result import panoptic_result_from_label_map, segment_bboxes
 
 CATS = CategoryTable([Category(1, "a", True), Category(20, "s", False), Category(5, "b", True)])
 # contiguous: a=0, b=1 (things), s=2 (stuff); VOID = 3

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.semantic_labels import K_BOUNDS, TILE, analyse_semantic_windows, label_undecided_pixels, semantic_argmax
-from training.model.postprocess import upsample_semantic_logits
+from pfpn.runtime.semantic_labels import K_BOUNDS, TILE, analyse_semantic_windows, label_undecided_pixels, semantic_argmax
+from pfpn.training.model.postprocess import upsample_semantic_logits
 
 
 def torch_argmax(logits: np.ndarray, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:

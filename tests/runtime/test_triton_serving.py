@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.triton_repo import write_model_repository
-from runtime.triton_server import TritonServer, TritonUnavailable, find_triton
+from pfpn.runtime.triton_repo import write_model_repository
+from pfpn.runtime.triton_server import TritonServer, TritonUnavailable, find_triton
 
 pytestmark = pytest.mark.xdist_group("triton")
 
@@ -68,8 +68,8 @@ def _metric(server: TritonServer, name: str, model: str = "pfpn_panoptic") -> fl
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_id_maps_equal_the_predictor(server, tiny_onnx, images, protocol):
-    from runtime.predictor import Predictor
-    from runtime.triton_client import TritonPanopticClient
+    from pfpn.runtime.predictor import Predictor
+    from pfpn.runtime.triton_client import TritonPanopticClient
 
     expected = [Predictor(tiny_onnx, threads=1).predict(p) for p in images]
     url = server.http_url if protocol == "http" else server.grpc_url
@@ -97,7 +97,7 @@ def test_malformed_requests_get_errors_naming_the_problem(server, images):
     import tritonclient.http as http
     from tritonclient.utils import InferenceServerException
 
-    from runtime.triton_client import TritonPanopticClient
+    from pfpn.runtime.triton_client import TritonPanopticClient
 
     client = TritonPanopticClient(server.http_url)
     good = images[0].read_bytes()
@@ -139,7 +139,7 @@ def _group_rss_mb(pid: int) -> float:
 
 
 def test_memory_stays_flat_over_500_requests(server, images):
-    from runtime.triton_client import TritonPanopticClient
+    from pfpn.runtime.triton_client import TritonPanopticClient
 
     client = TritonPanopticClient(server.http_url)
     data = [p.read_bytes() for p in images]
@@ -156,7 +156,7 @@ def test_memory_stays_flat_over_500_requests(server, images):
 
 def test_killed_server_fails_clients_fast_and_a_restart_serves(repository, images):
     _install_or_skip()
-    from runtime.triton_client import TritonPanopticClient
+    from pfpn.runtime.triton_client import TritonPanopticClient
 
     server = TritonServer(repository).start()
     try:
@@ -194,7 +194,7 @@ def test_killed_server_fails_clients_fast_and_a_restart_serves(repository, image
 def test_repository_layout_and_config(tiny_onnx, tmp_path):
     import json
 
-    from runtime.backends import read_model_metadata
+    from pfpn.runtime.backends import read_model_metadata
 
     repo = write_model_repository(model=tiny_onnx, out=tmp_path / "repo", instances=3, threads=2, max_batch_size=4)
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [

@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import CategoryTable, atomic_write_json, read_panoptic_png, write_panoptic_png
-from runtime.result import PanopticResult, panoptic_result_from_label_map
-from runtime.writers import overlay, save_overlay, segment_colors, write_coco_panoptic
-from training.evaluation.pq import pq_compute
+from pfpn.runtime.files import atomic_write_json
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.panoptic_io import read_panoptic_png, write_panoptic_png
+from pfpn.runtime.result import PanopticResult, panoptic_result_from_label_map
+from pfpn.runtime.writers import overlay, save_overlay, segment_colors, write_coco_panoptic
+from pfpn.training.evaluation.pq import pq_compute
 
 ROOT = Path(__file__).resolve().parents[2]
 CATEGORIES = [{"id": 1, "name": "person", "isthing": 1, "supercategory": "person"},
@@ -90,7 +92,7 @@ def test_a_different_prediction_scores_below_one(tmp_path):
 
 
 def test_evaluation_uses_the_runtime_writer(tmp_path):
-    from training.evaluation.evaluate import write_predictions
+    from pfpn.training.evaluation.evaluate import write_predictions
 
     json_path, folder = write_predictions(list(zip(infos(2), results())), CATEGORIES, tmp_path)
     data = json.loads(json_path.read_text())
@@ -152,8 +154,8 @@ sys.modules["torch"] = None  # any import of torch now fails
 sys.modules["torchvision"] = None
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
-import runtime.postprocess as pp, runtime.writers as wr
-from runtime.panoptic_io import CategoryTable
+import pfpn.runtime.postprocess as pp, pfpn.runtime.writers as wr
+from pfpn.runtime.categories import CategoryTable
 cats = CategoryTable([{{"id": 1, "name": "a", "isthing": 1}}, {{"id": 2, "name": "s", "isthing": 0}}])
 logits = np.zeros((2, 8, 8), np.float32); logits[0] = 1.0
 out = pp.postprocess_single_image(np.array([[4, 4, 20, 20]], np.float32), np.array([0.9], np.float32),

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from training.config import tiny_synthetic
-from training.model.panoptic_fpn import build_model
-from runtime.panoptic_io import Category, CategoryTable
+from pfpn.training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from pfpn.training.config import tiny_synthetic
+from pfpn.training.model.panoptic_fpn import build_model
+from pfpn.runtime.categories import Category, CategoryTable
 
 # The published checkpoint's tensor listing (name, shape, dtype), copied from
 # ../shared/reference/ so that a clone without the shared folder runs these tests too.

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import write_panoptic_png
+from pfpn.runtime.panoptic_io import write_panoptic_png
 
 REPO = Path(__file__).resolve().parents[2]
 CATS = [{"id": 1, "name": "person", "isthing": 1}, {"id": 2, "name": "sky", "isthing": 0},
@@ -49,7 +49,7 @@ def dataset(tmp_path):
 
 
 def run(*args, as_module=True):
-    cmd = [sys.executable, "-m", "training.evaluate_pq"] if as_module else [sys.executable, str(REPO / "training" / "evaluate_pq.py")]
+    cmd = [sys.executable, "-m", "pfpn.training.evaluate_pq"] if as_module else [sys.executable, str(REPO / "training" / "evaluate_pq.py")]
     return subprocess.run(cmd + [str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import save_checkpoint
-from training.config import tiny_synthetic
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.model.panoptic_fpn import build_model
+from pfpn.training.checkpoint import save_checkpoint
+from pfpn.training.config import tiny_synthetic
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.model.panoptic_fpn import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*args, module=True):
-    cmd = [sys.executable, "-m", "training.make_synthetic"] if module else \
+    cmd = [sys.executable, "-m", "pfpn.training.make_synthetic"] if module else \
         [sys.executable, str(REPO / "training" / "make_synthetic.py")]
     return subprocess.run(cmd + list(args), cwd=REPO, capture_output=True, text=True, timeout=120)
 

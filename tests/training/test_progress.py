@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from training import progress
-from training.progress import LiveLine, format_duration, parse_progress_line, progress_line
+from pfpn.training import progress
+from pfpn.training.progress import LiveLine, format_duration, parse_progress_line, progress_line
 
 
 def test_line_round_trip():
@@ -41,7 +41,7 @@ def test_live_line_elapsed_and_remaining(monkeypatch):
 
 
 def test_main_job_run_logs_everything_and_shows_progress(tmp_path, capsys):
-    from benchmarks.main_job import run
+    from pfpn.benchmarks.main_job import run
 
     code = ("import time\nprint('hello')\nfor i in range(1, 4):\n    print(f'[progress] {i}/3 loss={1 / i:.4f}', "
             "flush=True)\nprint('bye')")

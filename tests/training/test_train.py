@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from training import train
-from training.checkpoint import load_checkpoint
+from pfpn.training import train
+from pfpn.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

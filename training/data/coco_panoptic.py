@@ -42,7 +42,9 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from runtime.panoptic_io import CategoryTable, read_panoptic_png
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.images import read_image
+from pfpn.runtime.panoptic_io import read_panoptic_png
 
 IGNORE_LABEL = 255  # VOID in gt_semantic_seg
 
@@ -116,11 +118,7 @@ class CocoPanopticDataset:
         rec = self._records[index]
         img_path = self.image_dir / rec["file_name"]
         png_path = self.png_dir / rec["png_name"]
-        if not img_path.is_file():
-            raise FileNotFoundError(f"image file not found: {img_path}")
-        image = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot decode image file {img_path}")
+        image = read_image(img_path)  # FileNotFoundError / ImageError (a ValueError) naming the file
         if not png_path.is_file():
             raise FileNotFoundError(f"panoptic PNG not found: {png_path}")
         ids = read_panoptic_png(png_path)

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.config import InputConfig
-from training.preprocess import normalize_and_pad
+from pfpn.training.config import InputConfig
+from pfpn.training.preprocess import normalize_and_pad
 
 
 def collate_train(samples: list[dict], input_config: InputConfig, ignore_index: int = 255

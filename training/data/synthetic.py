@@ -43,7 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.panoptic_io import atomic_write_bytes, atomic_write_json, write_panoptic_png
+from pfpn.runtime.files import atomic_write_bytes, atomic_write_json
+from pfpn.runtime.panoptic_io import write_panoptic_png
 
 # JSON order: things and stuff interleaved, ids non-contiguous (on purpose, see module docstring).
 SYNTHETIC_CATEGORIES: list[dict] = [

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from runtime.preprocess import rescale_size  # the one SPEC resize rule, shared with the runtime
+from pfpn.runtime.preprocess import rescale_size  # the one SPEC resize rule, shared with the runtime
 
 
 def _resize_stack(masks: np.ndarray, new_w: int, new_h: int) -> np.ndarray:

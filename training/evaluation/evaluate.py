@@ -12,9 +12,9 @@ from typing import Any, Protocol, Sequence
 
 from tqdm import tqdm
 
-from runtime.panoptic_io import atomic_write_json
-from runtime.result import PanopticResult
-from training.evaluation.pq import PQResult, pq_compute
+from pfpn.runtime.files import atomic_write_json
+from pfpn.runtime.result import PanopticResult
+from pfpn.training.evaluation.pq import PQResult, pq_compute
 
 
 class Predictor(Protocol):
@@ -36,7 +36,7 @@ def write_predictions(results: Sequence[tuple[dict, PanopticResult]], categories
                       name: str = "panoptic_pred") -> tuple[Path, Path]:
     """results: (image info with image_id / file_name / png_name, prediction) -> (json, folder).
     The runtime's COCO writer (:func:`runtime.writers.write_coco_panoptic`)."""
-    from runtime.writers import write_coco_panoptic
+    from pfpn.runtime.writers import write_coco_panoptic
 
     return write_coco_panoptic(results, categories, out_dir, name)
 

@@ -40,7 +40,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from runtime.panoptic_io import VOID_ID, Category, CategoryTable, read_panoptic_png
+from pfpn.runtime.categories import Category, CategoryTable
+from pfpn.runtime.panoptic_io import VOID_ID, read_panoptic_png
 
 __all__ = [
     "OFFSET",

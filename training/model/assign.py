@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from training.model.box_ops import box_iou
+from pfpn.training.model.box_ops import box_iou
 
 
 def assign_max_iou(boxes: Tensor, gt_boxes: Tensor, *, pos_iou_threshold: float, neg_iou_threshold: float,

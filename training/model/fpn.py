@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.layers import ConvModule
+from pfpn.training.model.layers import ConvModule
 
 
 class FPN(nn.Module):

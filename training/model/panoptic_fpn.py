@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from training.config import BoxHeadConfig, MaskHeadConfig, ModelConfig, RPNConfig, SemanticHeadConfig
-from training.model.anchors import grid_anchors
-from training.model.backbone import ResNet
-from training.model.fpn import FPN
-from training.model.roi_align import boxes_to_rois, multilevel_roi_align
-from training.model.roi_heads import (BoxHead, MaskHead, box_head_loss, detections_single_image, mask_head_loss,
+from pfpn.training.config import BoxHeadConfig, MaskHeadConfig, ModelConfig, RPNConfig, SemanticHeadConfig
+from pfpn.training.model.anchors import grid_anchors
+from pfpn.training.model.backbone import ResNet
+from pfpn.training.model.fpn import FPN
+from pfpn.training.model.roi_align import boxes_to_rois, multilevel_roi_align
+from pfpn.training.model.roi_heads import (BoxHead, MaskHead, box_head_loss, detections_single_image, mask_head_loss,
                                       mask_targets, sample_rois_single_image, select_class_masks)
-from training.model.rpn import RPNHead, proposals_single_image, rpn_loss
-from training.model.semantic_head import SemanticHead, semantic_loss, semantic_targets
+from pfpn.training.model.rpn import RPNHead, proposals_single_image, rpn_loss
+from pfpn.training.model.semantic_head import SemanticHead, semantic_loss, semantic_targets
 
 ROI_STRIDES = [4, 8, 16, 32]  # box and mask RoIs are pooled from P2..P5
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from training.model.assign import assign_max_iou, sample_pos_neg
-from training.model.box_ops import decode_boxes, encode_boxes, nms
-from training.model.layers import ConvModule
+from pfpn.training.model.assign import assign_max_iou, sample_pos_neg
+from pfpn.training.model.box_ops import decode_boxes, encode_boxes, nms
+from pfpn.training.model.layers import ConvModule
 
 
 class BoxHead(nn.Module):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.assign import assign_max_iou, sample_pos_neg
-from training.model.box_ops import batched_nms, decode_boxes, descending_order, encode_boxes
+from pfpn.training.model.assign import assign_max_iou, sample_pos_neg
+from pfpn.training.model.box_ops import batched_nms, decode_boxes, descending_order, encode_boxes
 
 
 class RPNHead(nn.Module):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.layers import ConvModule
+from pfpn.training.model.layers import ConvModule
 
 
 class ConvUpsample(nn.Module):

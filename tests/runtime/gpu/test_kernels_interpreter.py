@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.gpu.postprocess import (  # torch-free, triton-free
+from pfpn.runtime.gpu.postprocess import (  # torch-free, triton-free
     SPECS_BY_NAME, Buf, FusionConfig, ImageGeometry, Launch, Memset, WorkspaceLayout, launch_plan, read_back)
-from runtime.torch_sort import fusion_order, std_sort  # the numpy runtime's emulation of torch's CPU sort
+from pfpn.runtime.torch_sort import fusion_order, std_sort  # the numpy runtime's emulation of torch's CPU sort
 
 ROOT = Path(__file__).resolve().parents[3]
 CHILD_FLAG = "GPU_KERNELS_INTERPRETER_CHILD"
@@ -101,11 +101,11 @@ if IN_CHILD:
     import torch
     import triton.runtime.interpreter as triton_interpreter
 
-    from runtime.gpu import kernels as K
-    from training.config import FusionConfig as TorchFusionConfig
-    from training.config import MaskHeadConfig, ModelConfig
-    from training.model.panoptic_fpn import Detections
-    from training.predictor import label_map_single_image
+    from pfpn.runtime.gpu import kernels as K
+    from pfpn.training.config import FusionConfig as TorchFusionConfig
+    from pfpn.training.config import MaskHeadConfig, ModelConfig
+    from pfpn.training.model.panoptic_fpn import Detections
+    from pfpn.training.predictor import label_map_single_image
 
     assert type(K.semantic_kernel).__name__ == "InterpretedFunction"
 
@@ -318,7 +318,7 @@ def check_overlap_skip_and_occlusion_order():
 
 def _box_mask_area(box, geometry=GEOM):
     """Pixels of a full-probability box mask as the reference pastes it (for building exact cases)."""
-    from training.model.postprocess import paste_masks
+    from pfpn.training.model.postprocess import paste_masks
 
     m = paste_masks(torch.ones(1, 28, 28), torch.tensor([box], dtype=torch.float32), geometry.original_size)[0]
     return m
@@ -576,7 +576,7 @@ def check_coco_sized_categories_and_100_detections():
 
 
 class InterpreterDriver:
-    """The cuda.bindings.driver calls runtime/cuda.py and runtime/gpu/launcher.py make, backed by
+    """The cuda.bindings.driver calls runtime/cuda_driver.py and runtime/gpu/launcher.py make, backed by
     host memory."""
 
     class CUresult:
@@ -683,7 +683,7 @@ class InterpreterDriver:
         return (0,)
 
     def cuLaunchKernel(self, f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
-        from runtime.gpu import launcher
+        from pfpn.runtime.gpu import launcher
 
         info = next(i for i in self.infos.values() if i.entry == f)
         assert bx == 32 * info.num_warps and by == bz == 1 and shared == info.shared
@@ -707,12 +707,12 @@ class InterpreterDriver:
 
 
 def check_gpu_postprocessor_end_to_end_on_interpreter_driver(monkeypatch):
-    from runtime import cuda
-    from runtime.gpu import launcher
-    from runtime.gpu.postprocess import GpuPostprocessor
+    from pfpn.runtime import cuda_driver
+    from pfpn.runtime.gpu import launcher
+    from pfpn.runtime.gpu.postprocess import GpuPostprocessor
 
     drv = InterpreterDriver()
-    monkeypatch.setattr(cuda, "driver", lambda: drv)
+    monkeypatch.setattr(cuda_driver, "driver", lambda: drv)
     drv.manifest = launcher.read_manifest()
     post = GpuPostprocessor(num_thing_classes=8, num_stuff_classes=7, max_detections=12, stuff_area_limit=60)
     drv.infos = post.kernels.infos
@@ -723,8 +723,8 @@ def check_gpu_postprocessor_end_to_end_on_interpreter_driver(monkeypatch):
     device = {}
     for name, t in inputs.items():
         arr = np.ascontiguousarray(t.numpy())
-        device[name] = cuda.DeviceBuffer(arr.nbytes)
-        cuda.copy_to_device(device[name].ptr, arr, post.stream)
+        device[name] = cuda_driver.DeviceBuffer(arr.nbytes)
+        cuda_driver.copy_to_device(device[name].ptr, arr, post.stream)
     drv.calls.clear()
     out = post.run(**{k: b.ptr for k, b in device.items()}, original_size=geometry.original_size,
                    resized_size=geometry.resized_size, padded_size=geometry.padded_size,
@@ -740,7 +740,7 @@ def check_gpu_postprocessor_end_to_end_on_interpreter_driver(monkeypatch):
     # a second image in the same buffers reuses the packed launches
     inputs = random_case(rng, t=8, s=7, d=12, n=12, geometry=geometry, ties=False)
     for name, t in inputs.items():
-        cuda.copy_to_device(device[name].ptr, np.ascontiguousarray(t.numpy()), post.stream)
+        cuda_driver.copy_to_device(device[name].ptr, np.ascontiguousarray(t.numpy()), post.stream)
     out = post.run(**{k: b.ptr for k, b in device.items()}, original_size=geometry.original_size,
                    resized_size=geometry.resized_size, padded_size=geometry.padded_size,
                    scale_factor=geometry.scale_factor)

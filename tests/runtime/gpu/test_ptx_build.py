@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from runtime import cuda
-from runtime.cuda import GpuUnavailableError
-from runtime.gpu import launcher
-from runtime.gpu.postprocess import KERNEL_SPECS, FusionConfig, ImageGeometry, Launch, launch_plan
-from runtime.gpu.triton_aot import TENSORRT10_TARGETS, assemble, entry_param_types, find_ptxas
+from pfpn.runtime import cuda_driver
+from pfpn.runtime.cuda_driver import GpuUnavailableError
+from pfpn.runtime.gpu import launcher
+from pfpn.runtime.gpu.postprocess import KERNEL_SPECS, FusionConfig, ImageGeometry, Launch, launch_plan
+from pfpn.runtime.gpu.triton_aot import TENSORRT10_TARGETS, assemble, entry_param_types, find_ptxas
 
 ROOT = Path(__file__).resolve().parents[3]
 PTX_DIR = ROOT / "runtime" / "gpu" / "ptx"
@@ -41,7 +41,7 @@ def fresh_build(tmp_path_factory) -> Path:
     """Build every kernel with the default options into a temporary folder (no GPU needed)."""
     pytest.importorskip("triton")
     out = tmp_path_factory.mktemp("ptx")
-    proc = subprocess.run([sys.executable, "-m", "runtime.gpu.build_ptx", "--out-dir", str(out), "-q"],
+    proc = subprocess.run([sys.executable, "-m", "pfpn.runtime.gpu.build_ptx", "--out-dir", str(out), "-q"],
                           cwd=ROOT, env=_env_without_interpreter(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -84,11 +84,11 @@ def test_manifest_parameter_order_includes_triton_implicit_parameters():
 
 
 def test_committed_ptx_is_up_to_date(fresh_build):
-    from runtime.gpu.build_ptx import source_sha256, specs_sha256  # imports no triton at module level
+    from pfpn.runtime.gpu.build_ptx import source_sha256, specs_sha256  # imports no triton at module level
 
     committed = _manifest(PTX_DIR)
     assert committed["kernels_source_sha256"] == source_sha256(), \
-        "runtime/gpu/kernels.py changed: run python -m runtime.gpu.build_ptx and commit runtime/gpu/ptx"
+        "runtime/gpu/kernels.py changed: run python -m pfpn.runtime.gpu.build_ptx and commit runtime/gpu/ptx"
     assert committed["kernel_specs_sha256"] == specs_sha256(), "KERNEL_SPECS changed: rebuild the PTX"
     fresh = _manifest(fresh_build)
     strip = lambda m: [{k: v for k, v in e.items() if k not in ("ptx_sha256", "ptx_bytes")} for e in m["kernels"]]
@@ -135,14 +135,14 @@ import sys
 sys.modules["torch"] = None      # any import of torch or triton now raises ImportError
 sys.modules["triton"] = None
 sys.path.insert(0, {root!r})
-import runtime.gpu, runtime.gpu.launcher, runtime.gpu.postprocess
-from runtime.gpu.postprocess import GpuPostprocessor, FusionConfig, ImageGeometry, launch_plan
-from runtime.cuda import GpuUnavailableError
+import pfpn.runtime.gpu, pfpn.runtime.gpu.launcher, pfpn.runtime.gpu.postprocess
+from pfpn.runtime.gpu.postprocess import GpuPostprocessor, FusionConfig, ImageGeometry, launch_plan
+from pfpn.runtime.cuda_driver import GpuUnavailableError
 steps = launch_plan(FusionConfig(80, 53, 100), ImageGeometry((480, 640), (800, 1067), (800, 1088), (1067 / 640, 800 / 480)),
                     programs=64)
 print("steps", len(steps))
 try:
-    import runtime.gpu.kernels
+    import pfpn.runtime.gpu.kernels
 except ImportError:
     print("kernels need triton")
 try:
@@ -179,7 +179,7 @@ def test_select_target():
 
 
 class FakeContext:
-    """What GpuPostprocessor needs of runtime.cuda.CudaContext, for a GPU of any capability."""
+    """What GpuPostprocessor needs of runtime.cuda_driver.CudaContext, for a GPU of any capability."""
 
     def __init__(self, capability):
         self.capability = capability
@@ -204,9 +204,9 @@ def _metadata(max_detections=100):
 
 @pytest.mark.parametrize("capability", [(7, 0), (6, 1)])
 def test_unsupported_gpu_falls_back_to_cpu_postprocessing_with_a_warning(monkeypatch, capability):
-    from runtime.gpu import postprocess
+    from pfpn.runtime.gpu import postprocess
 
-    monkeypatch.setattr(cuda, "CudaContext", lambda device=0: FakeContext(capability))
+    monkeypatch.setattr(cuda_driver, "CudaContext", lambda device=0: FakeContext(capability))
     warnings = []
     assert postprocess.open_gpu_postprocessor(_metadata(), postprocess="auto", warn=warnings.append) is None
     assert len(warnings) == 1 and "\n" not in warnings[0]
@@ -220,9 +220,9 @@ def test_unsupported_gpu_falls_back_to_cpu_postprocessing_with_a_warning(monkeyp
 
 
 def test_model_outside_the_kernels_limits_falls_back(monkeypatch):
-    from runtime.gpu import postprocess
+    from pfpn.runtime.gpu import postprocess
 
-    monkeypatch.setattr(cuda, "CudaContext", lambda device=0: FakeContext((9, 0)))
+    monkeypatch.setattr(cuda_driver, "CudaContext", lambda device=0: FakeContext((9, 0)))
     warnings = []
     assert postprocess.open_gpu_postprocessor(_metadata(300), warn=warnings.append) is None
     assert "detections" in warnings[0]
@@ -231,12 +231,12 @@ def test_model_outside_the_kernels_limits_falls_back(monkeypatch):
 
 
 def test_predict_cli_has_the_postprocess_choice(tmp_path, capsys):
-    from runtime import predict
+    from pfpn.runtime import predict
 
     with pytest.raises(SystemExit):
         predict.main(["--model", "m.onnx", "x.jpg", "--out", str(tmp_path), "--postprocess", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
-    from runtime.predictor import Predictor
+    from pfpn.runtime.predictor import Predictor
 
     with pytest.raises(ValueError, match="needs a TensorRT engine"):
         Predictor(tmp_path / "m.onnx", postprocess="gpu")
@@ -256,7 +256,7 @@ def test_plan_covers_every_kernel_with_matching_arguments():
 
 
 def test_image_pointers_follow_the_contract_layout():
-    from runtime.gpu.postprocess import image_pointers
+    from pfpn.runtime.gpu.postprocess import image_pointers
 
     base = {name: 1 << 20 for name in ("boxes", "scores", "labels", "mask_probs", "num_detections",
                                          "semantic_logits")}
@@ -310,33 +310,33 @@ def test_launcher_packs_parameters_in_manifest_order(monkeypatch):
     manifest = launcher.read_manifest(PTX_DIR)
     infos = launcher.kernel_infos(manifest, 75)
     drv = RecordingDriver({i.entry: i for i in infos.values()})
-    monkeypatch.setattr(cuda, "driver", lambda: drv)
+    monkeypatch.setattr(cuda_driver, "driver", lambda: drv)
     ctx = SimpleNamespace(capability=(8, 7), make_current=lambda: None)
     module = launcher.KernelModule(ctx, PTX_DIR)
     assert module.target == 75
     args = (7, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 60, 80, 28, 1.5, 2.25, 0.5)
-    module.launch("instance_stats_kernel", (5, 1, 1), args, cuda.Stream("stream"))
+    module.launch("instance_stats_kernel", (5, 1, 1), args, cuda_driver.Stream("stream"))
     rec = drv.launches[-1]
     assert rec["grid"] == (5, 1, 1) and rec["block"] == (128, 1, 1)
     assert rec["shared"] == infos["instance_stats_kernel"].shared
     assert rec["values"][:-2] == list(args) and rec["values"][-2:] == [0, 0]  # NULL scratch pointers
     with pytest.raises(ValueError, match="13 parameters"):
-        module.launch("instance_stats_kernel", (5, 1, 1), args[:-1], cuda.Stream("stream"))
+        module.launch("instance_stats_kernel", (5, 1, 1), args[:-1], cuda_driver.Stream("stream"))
 
 
 @pytest.mark.skipif(os.environ.get("CUDA_VISIBLE_DEVICES") == "", reason="GPUs hidden")
 def test_on_a_real_gpu():
     """Runs only where a CUDA GPU and driver exist (never on the CI machine of this project)."""
     try:
-        ctx = cuda.CudaContext(0)
+        ctx = cuda_driver.CudaContext(0)
     except GpuUnavailableError as e:
         pytest.skip(f"needs a CUDA GPU: {e}")
     torch = pytest.importorskip("torch")
-    from runtime.gpu.postprocess import GpuPostprocessor
-    from training.config import FusionConfig as TorchFusionConfig
-    from training.config import ModelConfig
-    from training.model.panoptic_fpn import Detections
-    from training.predictor import label_map_single_image
+    from pfpn.runtime.gpu.postprocess import GpuPostprocessor
+    from pfpn.training.config import FusionConfig as TorchFusionConfig
+    from pfpn.training.config import ModelConfig
+    from pfpn.training.model.panoptic_fpn import Detections
+    from pfpn.training.predictor import label_map_single_image
 
     rng = np.random.default_rng(0)
     d, t, s = 100, 80, 53
@@ -354,8 +354,8 @@ def test_on_a_real_gpu():
     post = GpuPostprocessor(num_thing_classes=t, num_stuff_classes=s, max_detections=d)
     bufs = {}
     for name, arr in host.items():
-        bufs[name] = cuda.DeviceBuffer(arr.nbytes)
-        cuda.copy_to_device(bufs[name].ptr, np.ascontiguousarray(arr), post.stream)
+        bufs[name] = cuda_driver.DeviceBuffer(arr.nbytes)
+        cuda_driver.copy_to_device(bufs[name].ptr, np.ascontiguousarray(arr), post.stream)
     out = post.run(**{k: b.ptr for k, b in bufs.items()}, original_size=geometry.original_size,
                    resized_size=geometry.resized_size, padded_size=geometry.padded_size,
                    scale_factor=geometry.scale_factor)

@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runtime import build_engine as be
-from training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.runtime import build_engine as be
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "runtime" / "build_engine.py"
@@ -37,7 +37,7 @@ def exported(tmp_path_factory, synthetic_root, tiny_onnx, tiny_trt_onnx):
 
 
 def _tensorrt_available() -> bool:
-    from runtime.trt.runner import import_tensorrt
+    from pfpn.runtime.trt.runner import import_tensorrt
 
     try:
         import_tensorrt()
@@ -74,16 +74,16 @@ def test_without_tensorrt_or_gpu_one_line_and_no_file(exported):
 
 def test_no_gpu_message(exported, monkeypatch, capsys):
     """With TensorRT importable but no GPU (simulated): one line, exit 3, nothing written."""
-    from runtime import cuda
-    from runtime.trt import runner
+    from pfpn.runtime import cuda_driver
+    from pfpn.runtime.trt import runner
 
     fake = types.SimpleNamespace(__version__="10.13.3.9")
     monkeypatch.setattr(runner, "import_tensorrt", lambda: fake)
 
     def no_gpu():
-        raise cuda.CudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+        raise cuda_driver.CudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
 
-    monkeypatch.setattr(cuda, "gpus", no_gpu)
+    monkeypatch.setattr(cuda_driver, "gpus", no_gpu)
     out = exported / "g.engine"
     assert be.main(["--onnx", str(exported / "tiny_ort.onnx"), "--out", str(out)]) == be.EXIT_ENVIRONMENT
     err = capsys.readouterr().err.strip().splitlines()

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime import build_engine as be
-from runtime.trt.conformance import OPERATOR_TYPES, check_onnx
+from pfpn.runtime import build_engine as be
+from pfpn.runtime.trt.conformance import OPERATOR_TYPES, check_onnx
 
 # what the README's "TensorRT conformance" section explains
 EXPLAINED_WARNINGS = {"nms-box-limit"}
@@ -58,8 +58,8 @@ def test_uint8_input_must_feed_a_cast():
 
 def test_the_export_before_the_uint8_fix_is_flagged(tiny_checkpoint, tmp_path, monkeypatch):
     """Today's graph (permute, then cast) against the fixed one, through the real exporter."""
-    from export import graph as export_graph
-    from export import to_onnx
+    from pfpn.export import graph as export_graph
+    from pfpn.export import to_onnx
 
     def transpose_then_cast(self, images, image_sizes):  # export/graph.py before the fix
         import torch

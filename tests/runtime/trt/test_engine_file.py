@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from runtime.contract import CONTRACT_VERSION, ModelMetadata
-from runtime.trt import engine_file as ef
-from runtime.trt.engine_file import EngineCompatibilityError, EngineFileError, EngineInfo, PluginInfo
+from pfpn.runtime.contract import CONTRACT_VERSION, ModelMetadata
+from pfpn.runtime.trt import engine_file as ef
+from pfpn.runtime.trt.engine_file import EngineCompatibilityError, EngineFileError, EngineInfo, PluginInfo
 
 
 def _metadata() -> ModelMetadata:

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from plugins.ort_ops import session_options
-from runtime.preprocess import prepare_batch
-from runtime.trt.fp16 import FLOAT16, convert_to_fp16, select_fp16_nodes, sensitive_producers, tensor_types
-from training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.plugins.ort_ops import session_options
+from pfpn.runtime.preprocess import prepare_batch
+from pfpn.runtime.trt.fp16 import FLOAT16, convert_to_fp16, select_fp16_nodes, sensitive_producers, tensor_types
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.trt.profiles import Profile, ProfileError, Shape, make_profile, parse_shape
+from pfpn.runtime.trt.profiles import Profile, ProfileError, Shape, make_profile, parse_shape
 
 
 def test_parse_shape():

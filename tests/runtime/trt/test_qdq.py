@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.trt import qdq
-from runtime.trt.calibration import make_batch
-from runtime.trt.fp16 import sensitive_producers
-from training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.runtime.trt import qdq
+from pfpn.runtime.trt.calibration import make_batch
+from pfpn.runtime.trt.fp16 import sensitive_producers
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from runtime import cuda
-from runtime.trt import engine_file as ef
-from runtime.trt import runner
-from runtime.trt.engine_file import EngineInfo
+from pfpn.runtime import cuda_driver
+from pfpn.runtime.trt import engine_file as ef
+from pfpn.runtime.trt import runner
+from pfpn.runtime.trt.engine_file import EngineInfo
 
 
 class FakeTensorRT(types.SimpleNamespace):
@@ -67,7 +67,7 @@ class FakeContext:
     compute_capability = "9.0"
 
     def create_stream(self):
-        return cuda.Stream(1234)
+        return cuda_driver.Stream(1234)
 
     def close(self):
         pass
@@ -83,12 +83,12 @@ def test_deserialize_initialises_the_plugin_library_first():
 def test_the_runner_loads_an_ort_flavor_engine(tiny_onnx, tmp_path, monkeypatch):
     import onnx
 
-    from export.metadata import read_metadata
+    from pfpn.export.metadata import read_metadata
 
     metadata = read_metadata(onnx.load(str(tiny_onnx)))
     trt = FakeTensorRT()
     monkeypatch.setattr(runner, "import_tensorrt", lambda: trt)
-    monkeypatch.setattr(cuda, "CudaContext", lambda device=0: FakeContext())
+    monkeypatch.setattr(cuda_driver, "CudaContext", lambda device=0: FakeContext())
     path = tmp_path / "m_ort.engine"
     info = EngineInfo(tensorrt_version="10.13.3.9", trt_api="10", precision="fp16",
                       profile={"min": "1x32x32", "opt": "1x800x1344", "max": "1x1344x1344"},

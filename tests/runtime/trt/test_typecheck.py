@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-TARGETS = ["runtime/build_engine.py", "runtime/trt", "runtime/cuda.py", "plugins/trt_plugins.py"]
+TARGETS = ["runtime/build_engine.py", "runtime/trt", "runtime/cuda_driver.py", "plugins/trt_plugins.py"]
 _DEF = re.compile(r"^(\s*)def (\w+)\((self\b)?.*\)(\s*->\s*.+)?:\s*$")
 
 

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import write_panoptic_png
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.data.synthetic import generate_synthetic_panoptic
+from pfpn.runtime.panoptic_io import write_panoptic_png
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.data.synthetic import generate_synthetic_panoptic
 
 # JSON order interleaves things and stuff; ids are non-contiguous.
 # Contiguous labels: dog(7) 0, cat(9) 1, sky(3) 2, road(20) 3.

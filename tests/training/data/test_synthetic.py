@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import CategoryTable, read_panoptic_png
-from training.data.synthetic import (MIN_SEGMENT_AREA, SYNTHETIC_CATEGORIES, generate_synthetic_panoptic,
+from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.panoptic_io import read_panoptic_png
+from pfpn.training.data.synthetic import (MIN_SEGMENT_AREA, SYNTHETIC_CATEGORIES, generate_synthetic_panoptic,
                                      make_synthetic_sample)
 
 CAT = {c["id"]: c for c in SYNTHETIC_CATEGORIES}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.transforms import (TestTransform, TrainTransform, hflip_sample, random_flip,
+from pfpn.training.data.transforms import (TestTransform, TrainTransform, hflip_sample, random_flip,
                                       random_multiscale_resize, rescale_size, resize_sample)
 
 

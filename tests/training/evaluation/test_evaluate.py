@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import read_panoptic_png
-from runtime.result import PanopticResult
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.evaluation.evaluate import evaluate
+from pfpn.runtime.panoptic_io import read_panoptic_png
+from pfpn.runtime.result import PanopticResult
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.evaluation.evaluate import evaluate
 
 
 class OraclePredictor:

@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import Category, CategoryTable, write_panoptic_png
-from training.evaluation.pq import OFFSET, PQStat, normalize_categories, pq_compute, pq_stat_single
+from pfpn.runtime.categories import Category, CategoryTable
+from pfpn.runtime.panoptic_io import write_panoptic_png
+from pfpn.training.evaluation.pq import OFFSET, PQStat, normalize_categories, pq_compute, pq_stat_single
 
 PERSON, CAR, SKY, GRASS = 1, 3, 17, 20  # non-contiguous COCO-style ids
 CATS = [
@@ -364,7 +365,7 @@ def test_pq_compute_missing_prediction_and_png_errors(tmp_path):
 
 
 def test_agreement_with_reference_hand_computed():
-    from training.evaluation.pq import agreement_with_reference
+    from pfpn.training.evaluation.pq import agreement_with_reference
 
     # image 1: reference person [0, 6) + sky [6, 10); the other output grows the person to [0, 8):
     # person IoU 6/8 (TP), sky IoU 2/4 = 0.5 is not a match (FN + FP). Person PQ 0.75, sky 0.

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.panoptic_io import write_panoptic_png
-from training.evaluation.pq import OFFSET, pq_compute
+from pfpn.runtime.panoptic_io import write_panoptic_png
+from pfpn.training.evaluation.pq import OFFSET, pq_compute
 
 TOL = 1e-9
 THING_IDS = [1, 2, 3, 5, 7, 9]

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from training.model.anchors import base_anchors, grid_anchors
-from training.model.box_ops import DELTA_WH_CLAMP, batched_nms, box_iou, decode_boxes, encode_boxes, nms
+from pfpn.training.model.anchors import base_anchors, grid_anchors
+from pfpn.training.model.box_ops import DELTA_WH_CLAMP, batched_nms, box_iou, decode_boxes, encode_boxes, nms
 
 
 def test_base_anchors_hand_computed():

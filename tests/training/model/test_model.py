@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import BackboneConfig, tiny_synthetic
-from training.data.coco_panoptic import CocoPanopticDataset
-from training.data.collate import collate_train
-from training.data.transforms import TrainTransform
-from training.model.backbone import ResNet
-from training.model.panoptic_fpn import build_model
+from pfpn.training.config import BackboneConfig, tiny_synthetic
+from pfpn.training.data.coco_panoptic import CocoPanopticDataset
+from pfpn.training.data.collate import collate_train
+from pfpn.training.data.transforms import TrainTransform
+from pfpn.training.model.backbone import ResNet
+from pfpn.training.model.panoptic_fpn import build_model
 
 
 @pytest.mark.parametrize("depth,channels", [(18, [64, 128, 256, 512]), (34, [64, 128, 256, 512]),

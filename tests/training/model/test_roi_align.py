@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from training.model.roi_align import boxes_to_rois, multilevel_roi_align, roi_levels
+from pfpn.training.model.roi_align import boxes_to_rois, multilevel_roi_align, roi_levels
 
 
 def _rois(sides):

@@ -1,7 +1,7 @@
 """Mask pasting, semantic upsampling and the heuristic fusion on hand-built cases (SPEC)."""
 import torch
 
-from training.model.postprocess import heuristic_fusion, paste_masks, upsample_semantic_logits
+from pfpn.training.model.postprocess import heuristic_fusion, paste_masks, upsample_semantic_logits
 
 T, S = 2, 2  # thing and stuff classes in these cases; VOID = 4
 

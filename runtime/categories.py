@@ -1,9 +1,55 @@
-"""The 133 COCO panoptic categories (80 things, then 53 stuff) in the order of
-``panoptic_{train,val}2017.json``: (COCO id, name). Used for published checkpoints, which
-carry class names but no category ids."""
+"""Categories (torch-free): :class:`Category`, the contiguous-label table :class:`CategoryTable`,
+and the 133 COCO panoptic categories (80 things, then 53 stuff) in the order of
+``panoptic_{train,val}2017.json`` as (COCO id, name), for published checkpoints, which carry
+class names but no category ids."""
 from __future__ import annotations
 
-from runtime.panoptic_io import Category
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int  # the COCO category id (as in the JSON)
+    name: str
+    isthing: bool
+
+
+class CategoryTable:
+    """Contiguous labels <-> COCO category ids.
+
+    SPEC: contiguous labels put things first (0..T-1) then stuff (T..T+S-1), each group in the
+    JSON's order. The model's VOID label is T+S (133 for COCO).
+    """
+
+    def __init__(self, categories: Sequence[Category | dict]):
+        cats = [c if isinstance(c, Category) else Category(int(c["id"]), str(c["name"]), bool(c["isthing"]))
+                for c in categories]
+        if len({c.id for c in cats}) != len(cats):
+            raise ValueError("category ids must be unique")
+        self.things = [c for c in cats if c.isthing]
+        self.stuff = [c for c in cats if not c.isthing]
+        self.by_label: list[Category] = self.things + self.stuff
+        self.label_of_id = {c.id: i for i, c in enumerate(self.by_label)}
+
+    @property
+    def num_things(self) -> int:
+        return len(self.things)
+
+    @property
+    def num_stuff(self) -> int:
+        return len(self.stuff)
+
+    @property
+    def void_label(self) -> int:
+        return len(self.by_label)
+
+    def __len__(self) -> int:
+        return len(self.by_label)
+
+    def to_json(self) -> list[dict]:
+        """The categories in contiguous-label order, as COCO-style dicts."""
+        return [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in self.by_label]
 
 COCO_THINGS: list[tuple[int, str]] = [
     (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"),
