@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 
-.PHONY: setup reference triton demo test clean-demo
+.PHONY: setup reference triton test-envs demo test clean-demo
 
 setup: .setup.stamp
 .setup.stamp: pyproject.toml
@@ -25,12 +25,17 @@ triton: .triton/.installed
 .triton/.installed: runtime/triton_server.py
 	$(PYTHON) -m pfpn.runtime.triton_server --install
 
+# The isolated environments some tests read, made before the suite starts: panopticapi (the
+# COCO reference PQ, numpy < 2) and this checkout's wheel in an empty venv (tests/prepared_envs.py).
+test-envs: setup
+	$(PYTHON) tests/prepared_envs.py panopticapi wheel
+
 demo: setup
 	$(PYTHON) benchmarks/main_job.py
 	@echo "report: work_dirs/report/REPORT.md"
 
 # loadgroup: the mmdetection parity tests share one worker (and its reference runs)
-test: setup reference triton
+test: setup reference triton test-envs
 	$(PYTHON) -m pytest -n 2 --dist loadgroup tests
 
 clean-demo:

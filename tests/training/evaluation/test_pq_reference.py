@@ -1,10 +1,9 @@
 """Cross-check of training.evaluation.pq against the reference COCO panoptic evaluation.
 
 The reference is panopticapi's ``pq_compute``, from the PyPI package ``panopticapi-lite``,
-which pins numpy < 2. It therefore runs in an isolated virtual environment, in a subprocess:
-``$PANOPTICAPI_VENV``, or ``~/.cache/panoptic-fpn/panopticapi-venv``, created on first use with
-``python -m venv`` + ``pip install panopticapi-lite`` (about 20-30 s) and reused afterwards.
-If it cannot be installed (no package index), the tests are skipped with pip's message.
+which pins numpy < 2. It therefore runs in an isolated virtual environment, in a subprocess;
+``make test`` prepares that environment before the suite starts (``tests/prepared_envs.py
+panopticapi``); without it these tests skip, naming the command.
 
 The data are random but realistic COCO panoptic files written to tmp_path: stuff regions,
 overlapping thing instances, crowd regions (several per category in some images), void,
@@ -14,18 +13,15 @@ predictions exactly half on void).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+import prepared_envs
 
 from pfpn.runtime.panoptic_io import write_panoptic_png
 from pfpn.training.evaluation.pq import OFFSET, pq_compute
@@ -38,8 +34,6 @@ CATEGORIES = ([{"id": c, "name": f"thing{c}", "isthing": 1} for c in THING_IDS]
 # interleave things and stuff in the JSON order, as COCO does not (order must not matter)
 CATEGORIES = CATEGORIES[:3] + CATEGORIES[6:8] + CATEGORIES[3:6] + CATEGORIES[8:]
 
-_MARKER = ".panoptic-fpn-venv"  # marks a venv this test created (and may delete)
-
 _REFERENCE_SCRIPT = r"""
 import contextlib, json, sys
 from panopticapi.evaluation import pq_compute
@@ -51,71 +45,14 @@ with open(out, "w") as f:
 """
 
 
-# --- reference environment ---------------------------------------------------------------
-
-def _venv_dir() -> Path:
-    env = os.environ.get("PANOPTICAPI_VENV")
-    return Path(env) if env else Path.home() / ".cache" / "panoptic-fpn" / "panopticapi-venv"
-
-
-def _venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def _has_panopticapi(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run([str(python), "-c", "import panopticapi.evaluation"],
-                           capture_output=True, timeout=120)
-    return probe.returncode == 0
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, concurrent first runs may race
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
+# --- reference environment (prepared by make test: tests/prepared_envs.py) ------------------
 
 @pytest.fixture(scope="module")
 def reference_python() -> Path:
-    venv = _venv_dir()
-    python = _venv_python(venv)
-    with _lock(venv.parent / f".{venv.name}.lock"):
-        if _has_panopticapi(python):
-            return python
-        if venv.exists():
-            if not (venv / _MARKER).exists():
-                pytest.skip(f"{venv} exists but has no working panopticapi and was not made by "
-                            "this test; remove it or set PANOPTICAPI_VENV to another path")
-            shutil.rmtree(venv)
-        start = time.monotonic()
-        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-        if made.returncode != 0:
-            shutil.rmtree(venv, ignore_errors=True)
-            pytest.skip(f"cannot create a venv for panopticapi: {made.stderr.strip()[-500:]}")
-        (venv / _MARKER).write_text("created by tests/training/evaluation/test_pq_reference.py\n")
-        try:
-            pip = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                                  "-q", "panopticapi-lite"], capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(venv, ignore_errors=True)
-            pytest.skip("pip install panopticapi-lite timed out (no package index?)")
-        if pip.returncode != 0 or not _has_panopticapi(python):
-            shutil.rmtree(venv, ignore_errors=True)
-            pytest.skip("cannot pip install panopticapi-lite into an isolated venv "
-                        f"(no package index?): {(pip.stderr or pip.stdout).strip()[-800:]}")
-        print(f"\ncreated the panopticapi reference venv {venv} in {time.monotonic() - start:.1f} s")
-        return python
+    try:
+        return prepared_envs.panopticapi_python()
+    except prepared_envs.EnvironmentNotPrepared as e:
+        pytest.skip(str(e))
 
 
 def _reference_pq(python: Path, root: Path) -> dict:
