@@ -57,6 +57,7 @@ def test_every_source_file_and_data_file_is_in_the_wheel(wheel):
     assert not missing, f"not packaged (add the sub-package to pyproject's packages list): {sorted(missing)[:8]}"
     ptx = [p for p in (ROOT / "runtime" / "gpu" / "ptx").iterdir()]
     assert ptx and {f"pfpn/runtime/gpu/ptx/{p.name}" for p in ptx} <= names  # the kernels' PTX and manifest
+    assert "pfpn/runtime/REFERENCE.md" in names  # the reference facts the code cites
 
 
 def test_runtime_imports_from_the_wheel_without_torch(wheel):
