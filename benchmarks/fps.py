@@ -24,20 +24,12 @@ quantized / built on first use and cached in --workdir).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-
-from pfpn.training.progress import progress_line  # noqa: E402
-
-DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
-DEFAULT_IMAGES = Path("data/synthetic/val2017")
-
+from typing import Sequence
 
 # the GEMM peak each backend's arithmetic is bounded by (GPU backends: none measured here)
 PEAK_KIND = {"pytorch": "fp32", "mmdet": "fp32", "ort_fp32": "fp32", "openvino": "fp32", "ort_int8": "int8",
@@ -67,39 +59,6 @@ class FpsRow:
     agreement: dict | None = None  # reference backend -> {"pq", "pixels"} (training/evaluation/pq.py)
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"error: --size must look like 480x800, got {text!r}") from None
-    return h, w
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from pfpn.benchmarks.targets import BACKEND_HELP, BACKENDS
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=str(DEFAULT_CKPT),
-                   help=f"checkpoint (ours or published mmdetection); default {DEFAULT_CKPT} (make demo writes it)")
-    p.add_argument("--backends", default=",".join(BACKENDS),
-                   help="comma-separated, any of: " + "; ".join(f"{k} = {v}" for k, v in BACKEND_HELP.items()))
-    p.add_argument("--images", help=f"folder of images (default: {DEFAULT_IMAGES} if it exists and no --size, "
-                                    "else generated synthetic images)")
-    p.add_argument("--size", help="generate synthetic images of this HxW (e.g. 480x800: the published config "
-                                  "resizes it to exactly 800x1333)")
-    p.add_argument("--count", type=int, default=4, help="number of images (default 4)")
-    p.add_argument("--runs", type=int, default=3, help="timed passes over the images (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend (default 2)")
-    p.add_argument("--calib-count", type=int, default=16, help="calibration images for the int8 backends")
-    p.add_argument("--workdir", help="where exported/quantized/built models are cached (default: next to the "
-                                     "checkpoint, in <ckpt dir>/deploy)")
-    p.add_argument("--out", default="work_dirs/bench", help="folder for fps.json, fps.md, fps.png")
-    return p.parse_args(argv)
-
-
 def _row_from_samples(name: str, file_mb: float | None, samples: list[tuple[float, object]],
                       rounds: list[list[float]]) -> FpsRow:
     totals = sorted(t for t, _ in samples)
@@ -126,7 +85,7 @@ def measure_interleaved(targets: list, images: list, runs: int, warmup: int,
     for _ in range(warmup):
         for target in targets:
             for image in images:
-                target.predictor.predict_timed(image)
+                target.predict_timed(image)
     for r in range(runs):
         for target in targets:
             if target.name in failed:
@@ -134,12 +93,10 @@ def measure_interleaved(targets: list, images: list, runs: int, warmup: int,
             this_round, outputs = [], []
             try:
                 for image in images:
-                    t0 = time.perf_counter()
-                    result, timing = target.predictor.predict_timed(image)
-                    elapsed = time.perf_counter() - t0
-                    samples[target.name].append((elapsed, timing))
-                    this_round.append(elapsed)
-                    outputs.append(result)
+                    timed = target.predict_timed(image)
+                    samples[target.name].append((timed.seconds, timed.timings))
+                    this_round.append(timed.seconds)
+                    outputs.append(timed.result)
             except Exception as e:
                 failed[target.name] = FpsRow(target.name, "failed", f"{type(e).__name__}: {e}",
                                              file_mb=target.file_size_mb)
@@ -246,7 +203,7 @@ def plot(rows: list[FpsRow], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfpn.benchmarks.targets import save_figure
+    from pfpn.benchmarks.cli import save_figure
 
     ok = [r for r in rows if r.status == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -269,61 +226,65 @@ def plot(rows: list[FpsRow], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from pfpn.benchmarks.targets import checked_cli_inputs, default_images, env_threads, make_target
+def run_fps(*, ckpt: str | Path, backends: str | Sequence[str], images: str | Path | None = None,
+            size: tuple[int, int] | None = None, count: int = 4, runs: int = 3, warmup: int = 1, threads: int = 2,
+            calib_count: int = 16, workdir: str | Path | None = None, out: str | Path = "work_dirs/bench",
+            command: str = "python benchmarks/fps.py") -> list[FpsRow]:
+    """Every backend of ``backends`` on the same images (see the module docstring) -> the rows, in
+    the order asked; writes OUT/fps.json, fps.md and fps.png. ValueError for a missing checkpoint
+    or an unknown backend."""
+    from pfpn.benchmarks.cli import (benchmark_images, calibration_images, checked_cli_inputs, default_workdir,
+                                     describe_images, env_threads)
+    from pfpn.benchmarks.machine_limits import busier, gemm_peak
+    from pfpn.benchmarks.targets import open_targets
 
-    env_threads(args.threads)
-    try:
-        ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    size = parse_size(args.size)
-    folder = Path(args.images) if args.images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)
-    images = default_images(args.count, size, folder)
-    calib = default_images(args.calib_count, size, None)
-    workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
-    calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
-    calib_paths = save_calibration(calib, calib_dir)
-
-    from pfpn.benchmarks.machine_limits import busier, gemm_peak, provenance
+    env_threads(threads)
+    ckpt, backends = checked_cli_inputs(ckpt, backends)
+    image_list = benchmark_images(images=images, size=size, count=count, decode=False)
+    workdir = default_workdir(ckpt, workdir)
+    calib_paths, calib_dir = calibration_images(workdir=workdir, size=size, count=calib_count)
 
     print("[limits] GEMM peaks before the backends ...", flush=True)
-    peaks = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
-    prepared, skipped = [], {}
-    for done, name in enumerate(backends):
-        print(progress_line(done, len(backends), next=name), flush=True)
-        print(f"[{name}] preparing ...", flush=True)
-        target = make_target(name, ckpt=ckpt, workdir=workdir, threads=args.threads, calib_images=calib_paths,
-                             calib_dir=calib_dir)
-        if target.status != "ok":
-            skipped[name] = FpsRow(name, target.status, target.reason, file_mb=target.file_size_mb)
-            print(f"[{name}] {target.status}: {target.reason}", flush=True)
-            continue
-        prepared.append(target)
-    print(progress_line(len(backends), len(backends)), flush=True)
+    peaks = {kind: gemm_peak(kind, threads=threads) for kind in ("fp32", "int8")}
+    prepared, not_run = [], {}
+    for target in open_targets(backends, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib_paths,
+                               calib_dir=calib_dir, progress=True):
+        if target.status == "ok":
+            prepared.append(target)
+        else:
+            not_run[target.name] = FpsRow(target.name, target.status, target.reason, file_mb=target.file_size_mb)
     results: dict[str, list] = {}
-    measured = measure_interleaved(prepared, images, args.runs, args.warmup, results)
-    rows = [measured.get(name) or skipped[name] for name in backends]
-    peaks_after = {kind: gemm_peak(kind, threads=args.threads) for kind in ("fp32", "int8")}
-    load_warnings = [w for w in (busier(peaks[k], peaks_after[k]) for k in peaks) if w]
+    measured = measure_interleaved(prepared, image_list, runs, warmup, results)
+    rows = [measured.get(name) or not_run[name] for name in backends]
+    peaks_after = {kind: gemm_peak(kind, threads=threads) for kind in ("fp32", "int8")}
+    gflop = _count_gflop(ckpt, image_list[0], prepared)
+    add_limits(rows, gflop["total"] if gflop else None, peaks)
+    add_op_profiles(rows, prepared, image_list[:1], threads)
+    categories = next((t.predictor.categories for t in prepared if hasattr(t.predictor, "categories")), None)
+    if categories is not None:
+        add_agreement(rows, results, categories)
+    what = f"{ckpt.name}, {describe_images(len(image_list), size)}, {threads} threads"
+    write_fps_outputs(Path(out), rows, what=what, threads=threads, runs=runs, peaks=peaks, peaks_after=peaks_after,
+                      load_warnings=[w for w in (busier(peaks[k], peaks_after[k]) for k in peaks) if w], gflop=gflop,
+                      command=command)
+    return rows
+
+
+def write_fps_outputs(out: Path, rows: list[FpsRow], *, what: str, threads: int, runs: int, peaks: dict,
+                      peaks_after: dict, load_warnings: list[str], gflop: dict | None, command: str) -> None:
+    """OUT/fps.md (the table and the summary lines), fps.json and fps.png; prints the table and
+    the summary."""
+    from pfpn.benchmarks.machine_limits import provenance
+    from pfpn.benchmarks.op_profile import format_profile
+
     for w in load_warnings:
         print(f"warning: {w}", flush=True)
-    gflop = _count_gflop(ckpt, images[0], prepared)
-    add_limits(rows, gflop["total"] if gflop else None, peaks)
-    add_op_profiles(rows, prepared, images[:1], args.threads)
-    if prepared:
-        add_agreement(rows, results, prepared[0].predictor.categories)
-
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    what = f"{ckpt.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}, {args.threads} threads"
     table = format_table(rows)
     ups = speedups(rows)
     per_round = round_speedups(rows)
     md = [f"# fps: {what}", "", table, ""]
-    peak_line = (f"Machine limit ({args.threads} threads, ONNX Runtime {peaks['fp32'].size}^3 GEMM, best of 5): "
+    peak_line = (f"Machine limit ({threads} threads, ONNX Runtime {peaks['fp32'].size}^3 GEMM, best of 5): "
                  f"float32 {peaks['fp32'].best_per_s:.0f} GFLOP/s (after the backends "
                  f"{peaks_after['fp32'].best_per_s:.0f}), u8 x s8 {peaks['int8'].best_per_s:.0f} GOP/s (after "
                  f"{peaks_after['int8'].best_per_s:.0f}); network "
@@ -333,15 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         md.append("Speed-up over the PyTorch eager predictor (median latency): "
                   + ", ".join(f"{k} {v:.2f}x" for k, v in ups.items() if k != "pytorch"))
     if per_round:
-        md.append(f"Per round ({args.runs} interleaved rounds, min / median / max): "
+        md.append(f"Per round ({runs} interleaved rounds, min / median / max): "
                   + ", ".join(f"{k} {v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f}x" for k, v in per_round.items()))
     agree = [f"{r.backend} vs {ref} PQ {a['pq']:.2f}, identical pixels {100 * a['pixels']:.3f} %"
              for r in rows if r.agreement for ref, a in r.agreement.items()]
     if agree:
         md.append("Agreement on these images (PQ of the output scored against the reference's output, 100 = the "
                   "same segments): " + "; ".join(agree))
-    from pfpn.benchmarks.op_profile import format_profile
-
     for r in rows:
         if r.op_profile:
             md.append(f"Where {r.backend}'s network time goes (ONNX Runtime profiler, ms per image): "
@@ -351,15 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         "what": what, "rows": [asdict(r) for r in rows], "speedup": ups, "speedup_per_round": per_round,
         "gemm_peak_before": {k: v.to_dict() for k, v in peaks.items()},
         "gemm_peak_after": {k: v.to_dict() for k, v in peaks_after.items()},
-        "load_warnings": load_warnings, "network_gflop": gflop, "provenance": provenance(),
-        "command": "python benchmarks/fps.py " + " ".join(sys.argv[1:] if argv is None else argv)}, indent=2))
+        "load_warnings": load_warnings, "network_gflop": gflop, "provenance": provenance(), "command": command},
+        indent=2))
     plot(rows, out / "fps.png", f"Panoptic FPN latency: {what}")
     print(table)
     for line in md[4:]:
         if line:
             print(line)
     print(f"wrote {out / 'fps.json'}, {out / 'fps.md'}, {out / 'fps.png'}")
-    return 1 if any(r.status == "failed" for r in rows) else 0
 
 
 def _count_gflop(ckpt: Path, image, prepared: list) -> dict | None:
@@ -368,13 +326,11 @@ def _count_gflop(ckpt: Path, image, prepared: list) -> dict | None:
     from pfpn.benchmarks.machine_limits import network_flops
 
     try:
+        from pfpn.runtime.images import load_image
         from pfpn.training.predictor import PanopticPredictor
 
         torch_target = next((t for t in prepared if t.name == "pytorch"), None)
-        predictor = torch_target.predictor.predictor if torch_target is not None else \
-            PanopticPredictor.from_checkpoint(ckpt)
-        from pfpn.runtime.images import load_image
-
+        predictor = torch_target.predictor if torch_target is not None else PanopticPredictor.from_checkpoint(ckpt)
         batch = predictor.prepare([load_image(image)])
         return network_flops(predictor.model, batch.images, batch.image_sizes)
     except Exception as e:  # the limits are a report, never a reason to fail the benchmark
@@ -382,17 +338,25 @@ def _count_gflop(ckpt: Path, image, prepared: list) -> dict | None:
         return None
 
 
-def save_calibration(images: list, folder: Path) -> list[Path]:
-    import cv2
+def main(argv: list[str] | None = None) -> int:
+    from pfpn.benchmarks.cli import backends_help, benchmark_parser, script_command
+    from pfpn.benchmarks.targets import BACKENDS
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(images):
-        path = folder / f"calib_{i:03d}.png"
-        if not path.exists():
-            cv2.imwrite(str(path), image)
-        paths.append(path)
-    return paths
+    p = benchmark_parser(__doc__, count=4, count_help="number of images")
+    p.add_argument("--backends", default=",".join(BACKENDS), help=backends_help(BACKENDS))
+    p.add_argument("--runs", type=int, default=3, help="timed passes over the images (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend (default 2)")
+    p.add_argument("--out", default="work_dirs/bench", help="folder for fps.json, fps.md, fps.png")
+    args = p.parse_args(argv)
+    try:
+        rows = run_fps(ckpt=args.ckpt, backends=args.backends, images=args.images, size=args.size, count=args.count,
+                       runs=args.runs, warmup=args.warmup, threads=args.threads, calib_count=args.calib_count,
+                       workdir=args.workdir, out=args.out, command=script_command("fps.py", argv))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if any(r.status == "failed" for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,17 @@ def format_spread(spread: dict) -> str:
     return "\n".join(lines)
 
 
+def compare_fps_runs(*, runs: Sequence[str | Path], tolerance: float = 0.10, out: str | Path | None = None) -> dict:
+    """The fps.json files of ``runs`` -> :func:`repeat_spread` (its table printed, and written as
+    JSON to ``out``). OSError / ValueError / KeyError for unreadable or incomparable files."""
+    spread = repeat_spread([json.loads(Path(path).read_text()) for path in runs], tolerance=tolerance)
+    print(format_spread(spread))
+    if out:
+        Path(out).write_text(json.dumps(spread, indent=2))
+        print(f"wrote {out}")
+    return spread
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="fps.json files of runs of the same command")
@@ -50,15 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the comparison as JSON here")
     args = p.parse_args(argv)
     try:
-        runs = [json.loads(Path(path).read_text()) for path in args.runs]
-        spread = repeat_spread(runs, tolerance=args.tolerance)
+        compare_fps_runs(runs=args.runs, tolerance=args.tolerance, out=args.out)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_spread(spread))
-    if args.out:
-        Path(args.out).write_text(json.dumps(spread, indent=2))
-        print(f"wrote {args.out}")
     return 0
 
 

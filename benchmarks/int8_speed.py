@@ -23,63 +23,29 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-
-def synthetic_image(seed: int = 0, height: int = 480, width: int = 800) -> np.ndarray:
-    from pfpn.training.data.synthetic import make_synthetic_sample
-
-    return make_synthetic_sample(np.random.default_rng(seed), height, width)[0]
+from pfpn.benchmarks.targets import Target, TimedPrediction
 
 
-def load_image(path: str | None) -> np.ndarray:
-    if path is None:
-        return synthetic_image()
-    from pfpn.runtime.images import read_image
-
-    return read_image(path)
-
-
-class _Ort:
-    def __init__(self, label: str, path: Path, threads: int) -> None:
-        from pfpn.runtime import Predictor
-
-        self.label, self.path = label, path
-        self.predictor = Predictor(path, threads=threads)
-
-    def __call__(self, image: np.ndarray) -> dict[str, float]:
-        t0 = time.perf_counter()
-        pred = self.predictor.predict_detailed([image])[0]
-        total = time.perf_counter() - t0
-        t = pred.timings
-        return {"total": total, "preprocess": t.preprocess, "network": t.network, "postprocess": t.postprocess,
-                "detections": float(len(pred.scores))}
+def timed_sample(timed: TimedPrediction, *, stages: bool) -> dict[str, float]:
+    """One run's seconds end to end, with ``stages`` also per stage and the network's detections."""
+    if not stages:
+        return {"total": timed.seconds}
+    t = timed.timings
+    return {"total": timed.seconds, "preprocess": t.preprocess, "network": t.network, "postprocess": t.postprocess,
+            "detections": float(timed.detections or 0)}
 
 
-class _Torch:
-    def __init__(self, ckpt: Path, threads: int) -> None:
-        import torch
-
-        from pfpn.training.predictor import PanopticPredictor
-
-        torch.set_num_threads(threads)
-        self.label, self.path = "pytorch eager", ckpt
-        self.predictor = PanopticPredictor.from_checkpoint(ckpt)
-
-    def __call__(self, image: np.ndarray) -> dict[str, float]:
-        t0 = time.perf_counter()
-        self.predictor.predict(image)
-        return {"total": time.perf_counter() - t0}
-
-
-def time_models(models: list, image: np.ndarray, runs: int, warmup: int) -> dict[str, dict[str, float]]:
-    samples: dict[str, list[dict[str, float]]] = {m.label: [] for m in models}
-    for model in models:  # one model at a time, see the module docstring
+def time_models(models: dict[str, Target], image: np.ndarray, runs: int, warmup: int) -> dict[str, dict[str, float]]:
+    """label -> the median of every :func:`timed_sample` key over ``runs`` runs, one model at a
+    time (see the module docstring); the ONNX models with their stages, PyTorch end to end."""
+    samples: dict[str, list[dict[str, float]]] = {label: [] for label in models}
+    for label, target in models.items():
         for _ in range(warmup):
-            model(image)
+            target.predict_timed(image)
         for _ in range(runs):
-            samples[model.label].append(model(image))
+            samples[label].append(timed_sample(target.predict_timed(image), stages=target.name != "pytorch"))
     return {label: {key: statistics.median(s[key] for s in runs_) for key in runs_[0]}
             for label, runs_ in samples.items()}
 
@@ -108,54 +74,7 @@ def print_profile(label: str, prof: dict) -> None:
         print(f"    {s * 1e3:9.1f} ms  {op:<16} {name}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fp32", required=True, help="ort-flavor .onnx exported by export/to_onnx.py")
-    p.add_argument("--int8", help="int8 .onnx (runtime/quantize_int8.py); written first when --calib-images is given")
-    p.add_argument("--calib-images", help="quantize --fp32 into --int8 with these calibration images first")
-    p.add_argument("--calib-count", type=int, default=8, help="calibration images used with --calib-images (default 8)")
-    p.add_argument("--torch-ckpt", help="also time the PyTorch eager predictor of this checkpoint")
-    p.add_argument("--image", help="image to run (default: synthetic 480x800 scene)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per model (median; default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
-    p.add_argument("--top", type=int, default=10, help="op types / nodes listed from the profile (0: no profile)")
-    p.add_argument("--json", help="also write the numbers here")
-    args = p.parse_args(argv)
-
-    fp32 = Path(args.fp32)
-    if not fp32.is_file():
-        print(f"error: model not found: {fp32}", file=sys.stderr)
-        return 2
-    int8 = Path(args.int8) if args.int8 else None
-    if args.calib_images:
-        if int8 is None:
-            int8 = fp32.with_name(fp32.stem + "_int8.onnx")
-        from pfpn.runtime.images import ImageError, list_images
-
-        try:
-            images = list_images(args.calib_images, count=args.calib_count, what="--calib-images")
-        except (FileNotFoundError, ImageError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        from pfpn.runtime.quantize_int8 import quantize_int8
-
-        t0 = time.perf_counter()
-        quantize_int8(fp32, int8, images)
-        print(f"quantized {fp32} -> {int8} with {len(images)} images in {time.perf_counter() - t0:.1f} s")
-    if int8 is not None and not int8.is_file():
-        print(f"error: model not found: {int8}", file=sys.stderr)
-        return 2
-
-    image = load_image(args.image)
-    models: list = [_Ort("ort fp32", fp32, args.threads)]
-    if int8 is not None:
-        models.append(_Ort("ort int8", int8, args.threads))
-    if args.torch_ckpt:
-        models.append(_Torch(Path(args.torch_ckpt), args.threads))
-    print(f"image {image.shape[1]}x{image.shape[0]}, {args.threads} threads, median of {args.runs} runs "
-          f"after {args.warmup} warm-up")
-    results = time_models(models, image, args.runs, args.warmup)
+def print_latency(results: dict[str, dict[str, float]]) -> None:
     print(f"{'':16} {'total s':>9} {'pre s':>8} {'network s':>10} {'post s':>8} {'dets':>5}")
     for label, r in results.items():
         cells = [f"{r[k]:>{w}.3f}" if k in r else " " * w for k, w in
@@ -171,16 +90,80 @@ def main(argv: list[str] | None = None) -> int:
     if "pytorch eager" in results:
         print(f"fp32 vs pytorch eager: end to end x{results['pytorch eager']['total'] / base['total']:.2f}")
 
+
+def run_int8_speed(*, fp32: str | Path, int8: str | Path | None = None, calib_images: str | Path | None = None,
+                   calib_count: int = 8, torch_ckpt: str | Path | None = None, image: str | Path | None = None,
+                   threads: int = 2, runs: int = 5, warmup: int = 1, top: int = 10,
+                   json_path: str | Path | None = None) -> dict:
+    """Quantize first when ``calib_images`` is given (into ``int8``, default <fp32 stem>_int8.onnx),
+    time the models, profile the ONNX ones (``top`` > 0) -> {"threads", "runs", "image", "latency":
+    {label: medians}, "profile": {label: ...}}, also written to ``json_path``. FileNotFoundError
+    for a missing model; ImageError when ``calib_images`` holds no image."""
+    from pfpn.benchmarks.cli import benchmark_images
+    from pfpn.benchmarks.targets import open_target
+
+    fp32 = Path(fp32)
+    if not fp32.is_file():
+        raise FileNotFoundError(f"model not found: {fp32}")
+    int8 = Path(int8) if int8 else None
+    if calib_images:
+        int8 = int8 or fp32.with_name(fp32.stem + "_int8.onnx")
+        from pfpn.runtime.images import list_images
+        from pfpn.runtime.quantize_int8 import quantize_int8
+
+        images = list_images(calib_images, count=calib_count, what="--calib-images")
+        t0 = time.perf_counter()
+        quantize_int8(fp32, int8, images)
+        print(f"quantized {fp32} -> {int8} with {len(images)} images in {time.perf_counter() - t0:.1f} s")
+    if int8 is not None and not int8.is_file():
+        raise FileNotFoundError(f"model not found: {int8}")
+
+    picture = benchmark_images(images=image, size=(480, 800), count=1, first_seed=0)[0]
+    models = {"ort fp32": open_target("ort_fp32", fp32, threads=threads)}
+    if int8 is not None:
+        models["ort int8"] = open_target("ort_int8", int8, threads=threads)
+    if torch_ckpt:
+        models["pytorch eager"] = open_target("pytorch", Path(torch_ckpt), threads=threads)
+    print(f"image {picture.shape[1]}x{picture.shape[0]}, {threads} threads, median of {runs} runs "
+          f"after {warmup} warm-up")
+    results = time_models(models, picture, runs, warmup)
+    print_latency(results)
     profiles = {}
-    if args.top > 0:
-        for model in models:
-            if isinstance(model, _Ort):
-                del model.predictor  # free the timed session before profiling
-                profiles[model.label] = profile_ops(model.path, image, args.threads, args.top)
-                print_profile(model.label, profiles[model.label])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "runs": args.runs, "image": list(image.shape),
-                                               "latency": results, "profile": profiles}, indent=1))
+    if top > 0:
+        for label, target in models.items():
+            if target.name != "pytorch":
+                target.predictor = None  # free the timed session before profiling
+                profiles[label] = profile_ops(target.model_file, picture, threads, top)
+                print_profile(label, profiles[label])
+    report = {"threads": threads, "runs": runs, "image": list(picture.shape), "latency": results, "profile": profiles}
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fp32", required=True, help="ort-flavor .onnx exported by export/to_onnx.py")
+    p.add_argument("--int8", help="int8 .onnx (runtime/quantize_int8.py); written first when --calib-images is given")
+    p.add_argument("--calib-images", help="quantize --fp32 into --int8 with these calibration images first")
+    p.add_argument("--calib-count", type=int, default=8, help="calibration images used with --calib-images (default 8)")
+    p.add_argument("--torch-ckpt", help="also time the PyTorch eager predictor of this checkpoint")
+    p.add_argument("--image", help="image to run (default: synthetic 480x800 scene)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per model (median; default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--top", type=int, default=10, help="op types / nodes listed from the profile (0: no profile)")
+    p.add_argument("--json", help="also write the numbers here")
+    args = p.parse_args(argv)
+    from pfpn.runtime.images import ImageError
+
+    try:
+        run_int8_speed(fp32=args.fp32, int8=args.int8, calib_images=args.calib_images, calib_count=args.calib_count,
+                       torch_ckpt=args.torch_ckpt, image=args.image, threads=args.threads, runs=args.runs,
+                       warmup=args.warmup, top=args.top, json_path=args.json)
+    except (FileNotFoundError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -158,20 +158,3 @@ def describe_machine(prov: dict) -> str:
     """One line: cores, CPU, Python and library versions of a :func:`provenance` record."""
     libs = ", ".join(f"{k} {v}" if v else f"{k} (not installed)" for k, v in prov["versions"].items())
     return f"{prov['cores']} CPU cores ({prov['cpu']}), Python {prov['python']}, {libs}"
-
-
-def save_results(out: Path, name: str, *, what: str, table: str, rows: list, script: str,
-                 argv: list[str] | None) -> None:
-    """A benchmark's OUT/NAME.md (the table under ``what``) and OUT/NAME.json (rows, provenance and
-    the command that reproduces them)."""
-    import json
-    import sys
-    from dataclasses import asdict
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(f"# {name}: {what}\n\n{table}\n")
-    (out / f"{name}.json").write_text(json.dumps({
-        "what": what, "rows": [asdict(r) for r in rows], "provenance": provenance(),
-        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)}, indent=2))
-    print(table)
-    print(f"wrote {out / (name + '.json')}, {out / (name + '.md')}")

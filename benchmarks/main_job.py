@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
+from typing import Sequence
 
 from pfpn.training.progress import LiveLine, format_duration, parse_progress_line  # noqa: E402
 
@@ -42,6 +42,10 @@ class Paths:
         self.r50 = base / "work_dirs" / "r50" / "r50_random.pth"
         self.bench = base / "work_dirs" / "bench"
         self.report = base / "work_dirs" / "report"
+
+
+class StepFailed(RuntimeError):
+    """A step's command exited with an error (the message has its log's tail)."""
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None, *, live: str | None = None) -> None:
@@ -66,7 +70,7 @@ def run(cmd: list[str], log: Path, env: dict | None = None, *, live: str | None 
         line.close()
     if returncode != 0:
         tail = log.read_text().strip().splitlines()[-15:]
-        raise SystemExit(f"step failed (exit {returncode}): {' '.join(map(str, cmd))}\n  " + "\n  ".join(tail)
+        raise StepFailed(f"step failed (exit {returncode}): {' '.join(map(str, cmd))}\n  " + "\n  ".join(tail)
                          + f"\n(full log: {log})")
 
 
@@ -81,16 +85,18 @@ EXPECTED_SECONDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    steps = ("data", "train", "evaluate", "export", "predict", "r50", "fps", "pq", "report")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--force", action="append", default=[], choices=steps, help="redo this step (repeatable)")
-    p.add_argument("--quick", action="store_true",
-                   help="a few-minute smoke version: tiny dataset, 20 training iterations, few images")
-    p.add_argument("--base", default=str(ROOT), help="where data/ and work_dirs/ go (default: the repository)")
-    args = p.parse_args(argv)
-    paths = Paths(Path(args.base))
-    q = args.quick
+STEPS = ("data", "train", "evaluate", "export", "predict", "r50", "fps", "pq", "report")
+
+
+def run_main_job(*, base: str | Path = ROOT, force: Sequence[str] = (), quick: bool = False) -> Path:
+    """The pipeline (module docstring) under ``base``, redoing the steps in ``force``; ``quick``:
+    the few-minute smoke version. -> REPORT.md. StepFailed when a step's command fails."""
+    unknown = set(force) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown step(s) {sorted(unknown)}; the steps are {', '.join(STEPS)}")
+    steps = STEPS
+    paths = Paths(Path(base))
+    q = quick
     log = paths.report / "logs"
     timings: dict[str, float] = {}
     t_job = time.time()
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"about {format_duration(left)} to go")
 
     def step(name: str, done: Path) -> bool:
-        if done.exists() and name not in args.force:
+        if done.exists() and name not in force:
             settled.add(name)
             print(f"[{name}] done already ({done})", flush=True)
             return False
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "--no-progress"], log / "data.log"))
 
     if step("train", paths.ckpt):
-        resume = ["--resume"] if (paths.tiny / "latest.pt").exists() and "train" not in args.force else []
+        resume = ["--resume"] if (paths.tiny / "latest.pt").exists() and "train" not in force else []
         extra = ["--max-iters", "20", "--epochs", "1", "--batch-size", "4"] if q else []
         cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "training/train.py", "--config",
                "tiny_synthetic", "--data-root", paths.data, "--work-dir", paths.tiny, "--threads", "1",
@@ -190,6 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         report = write_report(paths, previous)
         print(f"[report] {report}")
     print(f"main job: {time.time() - t_job:.0f} s this run; report: {paths.report / 'REPORT.md'}")
+    return paths.report / "REPORT.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--force", action="append", default=[], choices=STEPS, help="redo this step (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few-minute smoke version: tiny dataset, 20 training iterations, few images")
+    p.add_argument("--base", default=str(ROOT), help="where data/ and work_dirs/ go (default: the repository)")
+    args = p.parse_args(argv)
+    try:
+        run_main_job(base=args.base, force=args.force, quick=args.quick)
+    except StepFailed as e:
+        print(e, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,19 +7,18 @@ model's own output (parity).
 For each backend: PQ / SQ / RQ for all, things and stuff against the ground truth; PQ of its
 predictions scored against the PyTorch predictor's predictions taken as ground truth (100 =
 identical segments); and the fraction of identical pixels. One evaluation code for all
-(training/evaluation/evaluate.py). Writes OUT/pq_parity.json, .md and .png.
+(training/evaluation/evaluate_dataset.py). Writes OUT/pq_parity.json, .md and .png.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-
-DEFAULT_CKPT = Path("work_dirs/tiny/final.pt")
-DEFAULT_DATA = Path("data/synthetic")
+from pfpn.benchmarks.cli import DEFAULT_DATA
 
 
 @dataclass
@@ -36,24 +35,6 @@ class PQRow:
     pq_vs_pytorch: float | None = None
     pixels_vs_pytorch: float | None = None
     ms_per_image: float | None = None
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from pfpn.benchmarks.targets import BACKEND_HELP, RESULT_BACKENDS
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
-    p.add_argument("--data-root", default=str(DEFAULT_DATA), help=f"COCO panoptic dataset root (default {DEFAULT_DATA})")
-    p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    p.add_argument("--backends", default=",".join(RESULT_BACKENDS),
-                   help="comma-separated, any of: " + "; ".join(f"{k} = {v}" for k, v in BACKEND_HELP.items()
-                                                                if k in RESULT_BACKENDS))
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
-    p.add_argument("--calib-count", type=int, default=32, help="training images used to calibrate int8")
-    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy)")
-    p.add_argument("--out", default="work_dirs/bench", help="folder for pq_parity.json/.md/.png and predictions")
-    return p.parse_args(argv)
 
 
 def format_table(rows: list[PQRow]) -> str:
@@ -75,7 +56,7 @@ def plot(rows: list[PQRow], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfpn.benchmarks.targets import save_figure
+    from pfpn.benchmarks.cli import save_figure
     import numpy as np
 
     ok = [r for r in rows if r.status == "ok"]
@@ -95,42 +76,51 @@ def plot(rows: list[PQRow], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def pixel_agreement(reference_folder: Path, folder: Path, file_names: Sequence[str]) -> float:
+    """The fraction of identical pixels between two folders of panoptic PNGs (the same names)."""
     import numpy as np
 
-    from pfpn.benchmarks.targets import checked_cli_inputs, env_threads, make_target
     from pfpn.runtime.panoptic_io import read_panoptic_png
+
+    same = total = 0
+    for name in file_names:
+        a = read_panoptic_png(reference_folder / name)
+        b = read_panoptic_png(folder / name)
+        same += int(np.sum(a == b))
+        total += a.size
+    return same / max(total, 1)
+
+
+def run_pq_parity(*, ckpt: str | Path, backends: str | Sequence[str], data_root: str | Path = DEFAULT_DATA,
+                  split: str = "val", max_images: int | None = None, threads: int = 2, calib_count: int = 32,
+                  workdir: str | Path | None = None, out: str | Path = "work_dirs/bench",
+                  command: str = "python benchmarks/pq_parity.py") -> list[PQRow]:
+    """PQ of every backend (pytorch first: the parity reference) on ``split`` of the dataset at
+    ``data_root`` -> the rows; writes OUT/pq_parity.json, .md, .png and the predictions.
+    ValueError / FileNotFoundError for a missing checkpoint or dataset, an unknown backend."""
+    from pfpn.benchmarks.cli import checked_cli_inputs, default_workdir, env_threads, save_results
+    from pfpn.benchmarks.targets import open_targets
     from pfpn.training.data.coco_panoptic import CocoPanopticDataset
-    from pfpn.training.evaluation.evaluate import evaluate
+    from pfpn.training.evaluation.evaluate_dataset import evaluate
     from pfpn.training.evaluation.pq import pq_compute
 
-    env_threads(args.threads)
-    try:
-        ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
-        dataset = CocoPanopticDataset(args.data_root, args.split)
-        calib_set = CocoPanopticDataset(args.data_root, "train")
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if "pytorch" in backends:  # the parity reference is evaluated first
-        backends.remove("pytorch")
-    backends.insert(0, "pytorch")
-    workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
-    calib = [calib_set.image_info(i)["image_path"] for i in range(min(args.calib_count, len(calib_set)))]
-    out = Path(args.out)
+    env_threads(threads)
+    ckpt, names = checked_cli_inputs(ckpt, backends)
+    dataset = CocoPanopticDataset(data_root, split)
+    calib_set = CocoPanopticDataset(data_root, "train")
+    names = ["pytorch"] + [n for n in names if n != "pytorch"]  # the parity reference is evaluated first
+    workdir = default_workdir(ckpt, workdir)
+    calib = [calib_set.image_info(i)["image_path"] for i in range(min(calib_count, len(calib_set)))]
+    out = Path(out)
     rows: list[PQRow] = []
     reference = None
-    for name in backends:
-        print(f"[{name}] preparing ...", flush=True)
-        target = make_target(name, ckpt=ckpt, workdir=workdir, threads=args.threads, calib_images=calib)
+    for target in open_targets(names, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib):
+        name = target.name
         if target.status != "ok":
             rows.append(PQRow(name, target.status, target.reason))
-            print(f"[{name}] {target.status}: {target.reason}", flush=True)
             continue
         try:
-            ev = evaluate(target.predictor, dataset, out / "predictions" / name, max_images=args.max_images,
-                          desc=name)
+            ev = evaluate(target.predictor, dataset, out / "predictions" / name, max_images=max_images, desc=name)
         except Exception as e:
             rows.append(PQRow(name, "failed", f"{type(e).__name__}: {e}"))
             continue
@@ -140,26 +130,44 @@ def main(argv: list[str] | None = None) -> int:
         if name == "pytorch":
             reference = ev
         if reference is not None:
-            vs = pq_compute(reference.pred_json, ev.pred_json, reference.pred_folder, ev.pred_folder)
-            row.pq_vs_pytorch = 100 * vs.all["pq"]
-            same = total = 0
-            for ann in json.loads(Path(ev.pred_json).read_text())["annotations"]:
-                a = read_panoptic_png(Path(reference.pred_folder) / ann["file_name"])
-                b = read_panoptic_png(Path(ev.pred_folder) / ann["file_name"])
-                same += int(np.sum(a == b))
-                total += a.size
-            row.pixels_vs_pytorch = same / max(total, 1)
+            row.pq_vs_pytorch = 100 * pq_compute(reference.pred_json, ev.pred_json, reference.pred_folder,
+                                                 ev.pred_folder).all["pq"]
+            annotations = json.loads(Path(ev.pred_json).read_text())["annotations"]
+            row.pixels_vs_pytorch = pixel_agreement(Path(reference.pred_folder), Path(ev.pred_folder),
+                                                    [ann["file_name"] for ann in annotations])
         rows.append(row)
         print(f"[{name}] PQ {row.pq:.2f}", flush=True)
 
-    what = f"{ckpt.name} on {args.data_root} {args.split} ({rows[0].images if rows and rows[0].images else '?'} images)"
-    table = format_table(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pq_parity.md").write_text(f"# PQ and parity: {what}\n\n{table}\n")
-    (out / "pq_parity.json").write_text(json.dumps({"what": what, "rows": [asdict(r) for r in rows]}, indent=2))
+    what = f"{ckpt.name} on {data_root} {split} ({rows[0].images if rows and rows[0].images else '?'} images)"
+    save_results(out, "pq_parity", what=what, table=format_table(rows), rows=rows, command=command,
+                 title="PQ and parity")
     plot(rows, out / "pq_parity.png", f"PQ per backend: {what}")
-    print(table)
-    print(f"wrote {out / 'pq_parity.json'}, {out / 'pq_parity.md'}, {out / 'pq_parity.png'}")
+    print(f"wrote {out / 'pq_parity.png'}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pfpn.benchmarks.cli import DEFAULT_CKPT, backends_help, script_command
+    from pfpn.benchmarks.targets import RESULT_BACKENDS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
+    p.add_argument("--data-root", default=str(DEFAULT_DATA), help=f"COCO panoptic dataset root (default {DEFAULT_DATA})")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--backends", default=",".join(RESULT_BACKENDS), help=backends_help(RESULT_BACKENDS))
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
+    p.add_argument("--calib-count", type=int, default=32, help="training images used to calibrate int8")
+    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy)")
+    p.add_argument("--out", default="work_dirs/bench", help="folder for pq_parity.json/.md/.png and predictions")
+    args = p.parse_args(argv)
+    try:
+        rows = run_pq_parity(ckpt=args.ckpt, backends=args.backends, data_root=args.data_root, split=args.split,
+                             max_images=args.max_images, threads=args.threads, calib_count=args.calib_count,
+                             workdir=args.workdir, out=args.out, command=script_command("pq_parity.py", argv))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 1 if any(r.status == "failed" for r in rows) else 0
 
 

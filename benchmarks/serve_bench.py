@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pfpn.benchmarks.targets import Target
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ServeRow:
     p99_ms: float
 
 
-def _row(mode: str, concurrency: int, latencies: Sequence[float], seconds: float) -> ServeRow:
+def serve_row(mode: str, concurrency: int, latencies: Sequence[float], seconds: float) -> ServeRow:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
     return ServeRow(mode, concurrency, len(ordered), seconds, len(ordered) / seconds,
@@ -54,12 +55,13 @@ def timed_calls(call, payloads: Sequence, concurrency: int) -> tuple[list[float]
     return latencies, time.perf_counter() - t0
 
 
-def run_serve_bench(*, model: Path, images: Sequence, requests: int, concurrencies: Sequence[int],
+def run_serve_bench(*, target: Target, images: Sequence, requests: int, concurrencies: Sequence[int],
                     protocols: Sequence[str], threads: int, instances: int, workdir: Path) -> list[ServeRow]:
-    """All rows: in-process (1 and ``threads`` callers), then each protocol x concurrency."""
+    """All rows: in-process (1 and ``threads`` callers of the opened ``target``'s runtime
+    Predictor), then each protocol x concurrency against a repository of the target's model file.
+    The target's predictor is released before the server starts."""
     import cv2
 
-    from pfpn.runtime.predictor import Predictor
     from pfpn.runtime.triton_client import TritonPanopticClient
     from pfpn.runtime.triton_repo import write_model_repository
     from pfpn.runtime.triton_server import TritonServer
@@ -68,14 +70,14 @@ def run_serve_bench(*, model: Path, images: Sequence, requests: int, concurrenci
     payloads = [pngs[i % len(pngs)] for i in range(requests)]
     decoded = [images[i % len(images)] for i in range(requests)]  # PNG is lossless: the payloads' pixels
     rows = []
-    predictor = Predictor(model, threads=threads)
+    predictor, target.predictor = target.predictor, None
     predictor.predict(decoded[0])  # warm-up
     for callers in sorted({1, threads}):
         latencies, seconds = timed_calls(predictor.predict, decoded, callers)
-        rows.append(_row("in-process", callers, latencies, seconds))
+        rows.append(serve_row("in-process", callers, latencies, seconds))
         print(f"[in-process x{callers}] {rows[-1].images_per_s:.2f} images/s", flush=True)
     del predictor
-    repo = write_model_repository(model=model, out=workdir / "serve_bench_repo", instances=instances,
+    repo = write_model_repository(model=target.model_file, out=workdir / "serve_bench_repo", instances=instances,
                                   threads=max(1, threads // instances), overwrite=True)
     with TritonServer(repo) as server:
         for protocol in protocols:
@@ -84,7 +86,7 @@ def run_serve_bench(*, model: Path, images: Sequence, requests: int, concurrenci
             for concurrency in concurrencies:
                 timed_calls(client.predict, payloads[:max(2, concurrency)], concurrency)  # warm-up
                 latencies, seconds = timed_calls(client.predict, payloads, concurrency)
-                rows.append(_row(protocol, concurrency, latencies, seconds))
+                rows.append(serve_row(protocol, concurrency, latencies, seconds))
                 print(f"[{protocol} x{concurrency}] {rows[-1].images_per_s:.2f} images/s, p50 {rows[-1].p50_ms:.0f} ms, "
                       f"p99 {rows[-1].p99_ms:.0f} ms", flush=True)
     return rows
@@ -100,9 +102,41 @@ def format_serve_table(rows: Sequence[ServeRow]) -> str:
     return "\n".join(lines)
 
 
+def benchmark_serving(*, ckpt: str | Path, backend: str = "ort_fp32", images: str | Path | None = None,
+                      size: tuple[int, int] | None = None, count: int = 8, calib_count: int = 16,
+                      workdir: str | Path | None = None, requests: int = 64, concurrencies: Sequence[int] = (1, 4, 16),
+                      protocols: Sequence[str] = ("http", "grpc"), threads: int = 2, instances: int = 1,
+                      out: str | Path = "work_dirs/bench", command: str = "python benchmarks/serve_bench.py"
+                      ) -> list[ServeRow]:
+    """The served-vs-in-process comparison of ``backend``'s exported file (built and cached as
+    fps.py does) -> the rows; writes OUT/serve_bench.json / .md. ValueError for a missing
+    checkpoint or an unknown protocol, TritonUnavailable without a tritonserver, RuntimeError
+    when the model cannot be built."""
+    from pfpn.benchmarks.cli import (benchmark_images, calibration_images, checked_cli_inputs, default_workdir,
+                                     describe_images, env_threads, save_results)
+    from pfpn.benchmarks.targets import make_target
+
+    env_threads(threads)
+    ckpt, _ = checked_cli_inputs(ckpt, [backend])
+    if set(protocols) - {"http", "grpc"}:
+        raise ValueError(f"protocols are http and grpc, got {','.join(protocols)!r}")
+    image_list = benchmark_images(images=images, size=size, count=count)
+    workdir = default_workdir(ckpt, workdir)
+    calib = calibration_images(workdir=workdir, size=size, count=calib_count)[0] if backend == "ort_int8" else []
+    target = make_target(backend, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib)
+    if target.status != "ok":
+        raise RuntimeError(f"{backend} {target.status}: {target.reason}")
+    model = target.model_file
+    rows = run_serve_bench(target=target, images=image_list, requests=requests, concurrencies=concurrencies,
+                           protocols=protocols, threads=threads, instances=instances, workdir=workdir)
+    what = f"{model.name}, {describe_images(len(image_list), size)}, {threads} threads, {instances} network instance(s)"
+    save_results(Path(out), "serve_bench", what=what, table=format_serve_table(rows), rows=rows, command=command)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    from pfpn.benchmarks.fps import parse_size
-    from pfpn.benchmarks.targets import benchmark_parser
+    from pfpn.benchmarks.cli import benchmark_parser, script_command
+    from pfpn.runtime.triton_server import TritonUnavailable
 
     p = benchmark_parser(__doc__, count=8, count_help="distinct images")
     p.add_argument("--backend", choices=["ort_fp32", "ort_int8"], default="ort_fp32", help="which exported file")
@@ -113,42 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1, help="network model instances on the server")
     p.add_argument("--out", default="work_dirs/bench", help="folder for serve_bench.json / .md")
     args = p.parse_args(argv)
-
-    from pfpn.benchmarks.fps import save_calibration
-    from pfpn.benchmarks.machine_limits import save_results
-    from pfpn.benchmarks.targets import (benchmark_images, checked_cli_inputs, default_images, env_threads, int8_file,
-                                    onnx_file)
-    from pfpn.runtime.triton_server import TritonUnavailable
-
-    env_threads(args.threads)
     try:
-        ckpt, _ = checked_cli_inputs(args.ckpt, "pytorch")
-        concurrencies = [int(c) for c in args.concurrency.split(",")]
-        protocols = [x for x in args.protocols.split(",") if x]
-        if set(protocols) - {"http", "grpc"}:
-            raise ValueError(f"protocols are http and grpc, got {args.protocols!r}")
-    except ValueError as e:
+        benchmark_serving(ckpt=args.ckpt, backend=args.backend, images=args.images, size=args.size, count=args.count,
+                          calib_count=args.calib_count, workdir=args.workdir, requests=args.requests,
+                          concurrencies=[int(c) for c in args.concurrency.split(",")],
+                          protocols=[x for x in args.protocols.split(",") if x], threads=args.threads,
+                          instances=args.instances, out=args.out, command=script_command("serve_bench.py", argv))
+    except (ValueError, TritonUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    size = parse_size(args.size)
-    images = benchmark_images(images=args.images, size=size, count=args.count)
-    workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
-    if args.backend == "ort_int8":
-        calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
-        model = int8_file(ckpt, workdir, save_calibration(default_images(args.calib_count, size, None), calib_dir))
-    else:
-        model = onnx_file(ckpt, workdir)
-    try:
-        rows = run_serve_bench(model=model, images=images, requests=args.requests, concurrencies=concurrencies,
-                               protocols=protocols, threads=args.threads, instances=args.instances, workdir=workdir)
-    except TritonUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    what = (f"{model.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}, {args.threads} threads, "
-            f"{args.instances} network instance(s)")
-    save_results(Path(args.out), "serve_bench", what=what, table=format_serve_table(rows), rows=rows,
-                 script="serve_bench.py", argv=argv)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

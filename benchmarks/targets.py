@@ -1,12 +1,14 @@
-"""What the benchmarks compare: one checkpoint run by several backends, each a *target* with
-the same ``predict_timed(image)`` interface, built on demand (export, quantization, engine
-build) and cached next to the checkpoint's artifacts.
+"""What the benchmarks compare: one checkpoint run by several backends, each a :class:`Target`
+built on demand (export, quantization, engine build, cached next to the checkpoint's artifacts)
+and timed the same way, through its predictor's own public API (:meth:`Target.predict_timed`).
 
-A target that cannot run here (no GPU, TensorRT or OpenVINO missing) is returned as
-*skipped* with the reason; one that breaks is *failed* with the error.
+A target that cannot run here (no GPU, TensorRT or OpenVINO missing) has the status "skipped"
+with the reason (its builder raised :class:`TargetUnavailable`); one that breaks is "failed"
+with the error.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -14,13 +16,12 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
-
-from pfpn.runtime.predictor import Timings
+from pfpn.runtime.predictor import Predictor, Timings
 from pfpn.runtime.result import PanopticResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +43,33 @@ BACKEND_HELP = {
 }
 
 
+class TargetUnavailable(Exception):
+    """Raised by a target's builder when the backend cannot run on this machine (no GPU, a
+    library missing, a TensorRT build environment problem); the message is the one-line reason.
+    :func:`make_target` turns it into a Target with the status "skipped"."""
+
+
+@dataclass
+class TimedPrediction:
+    """One image through a target."""
+
+    result: PanopticResult | None  # None for a timing-only backend (mmdet)
+    timings: Timings  # per stage, as the predictor reports them
+    seconds: float  # end to end, measured around the predictor's call
+    detections: int | None = None  # the network's detections, where the predictor reports them
+
+
 @dataclass
 class Target:
+    """A backend, opened or not. ``predictor`` is the backend's own predictor: a runtime
+    :class:`~pfpn.runtime.predictor.Predictor`, the PyTorch ``PanopticPredictor`` (the same
+    methods) or a :class:`MmdetProcess` (``predict_timed`` only: timing, no results)."""
+
     name: str
     status: str  # "ok", "skipped", "failed"
     reason: str = ""
     model_file: Path | None = None
-    predictor: Any = None  # has predict_timed(image) -> (PanopticResult, Timings) and .categories
-    notes: dict = field(default_factory=dict)
+    predictor: Any = None
 
     @property
     def file_size_mb(self) -> float | None:
@@ -57,46 +77,52 @@ class Target:
             return None
         return Path(self.model_file).stat().st_size / 1e6
 
-
-class RuntimeTarget:
-    """A runtime Predictor with per-stage timings."""
-
-    def __init__(self, predictor) -> None:
-        self.predictor = predictor
-        self.categories = predictor.categories
-
-    def predict_timed(self, image) -> tuple[PanopticResult, Timings]:
-        p = self.predictor.predict_detailed([image])[0]
-        return p.result, p.timings
-
-    def predict(self, image) -> PanopticResult:
-        return self.predictor.predict(image)
+    def predict_timed(self, image) -> TimedPrediction:
+        """``image`` (a BGR array or a path) through the predictor's public API: the runtime and
+        PyTorch predictors' ``predict_detailed`` (result, PanopticMap with the network's
+        detections, per-stage timings), else (mmdet) its ``predict_timed`` (result, timings)."""
+        t0 = time.perf_counter()
+        if hasattr(self.predictor, "predict_detailed"):
+            result, panoptic, timings = self.predictor.predict_detailed([image])[0]
+            return TimedPrediction(result, timings, time.perf_counter() - t0, len(panoptic.scores))
+        result, timings = self.predictor.predict_timed(image)
+        return TimedPrediction(result, timings, time.perf_counter() - t0)
 
 
-class MmdetTarget:
-    """mmdetection 3.3 in its own process (tests/reference/run_mmdet.py serve, the parity tests'
+def load_reference_env() -> ModuleType:
+    """tests/reference/reference_env.py (where the parity tests' mmdetection environment lives),
+    loaded from its file; TargetUnavailable where the repository's tests/ is absent (an installed
+    wheel has none)."""
+    path = ROOT / "tests" / "reference" / "reference_env.py"
+    if not path.is_file():
+        raise TargetUnavailable(f"the mmdetection backend needs the repository's tests/reference ({path} not found)")
+    spec = importlib.util.spec_from_file_location("pfpn_reference_env", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class MmdetProcess:
+    """mmdetection 3.3 in its own process (tests/reference/run_mmdet.py serve, in the parity tests'
     reference environment), timed by that process: pre-processing = its test pipeline (load,
     resize, pack), network = ``test_step`` (data pre-processor, network and fusion together)."""
 
     def __init__(self, ckpt: Path, threads: int, folder: Path) -> None:
-        sys.path.insert(0, str(ROOT / "tests" / "reference"))
-        try:
-            import reference_env
-        finally:
-            sys.path.pop(0)
+        reference_env = load_reference_env()
         if not reference_env.is_installed():
-            raise _Skip(f"the mmdetection reference environment is not installed ({reference_env.site_dir()}; "
-                        f"make reference)")
+            raise TargetUnavailable(f"the mmdetection reference environment is not installed "
+                                    f"({reference_env.site_dir()}; make reference)")
         from pfpn.training.checkpoint import load_checkpoint
 
         layout = load_checkpoint(ckpt)
         if layout.source != "mmdet" or layout.config.model.backbone.depth != 50:
-            raise _Skip(f"mmdetection runs its published R-50 config: {ckpt.name} is "
-                        f"{'not in the published layout' if layout.source != 'mmdet' else 'another depth'}")
+            raise TargetUnavailable(f"mmdetection runs its published R-50 config: {ckpt.name} is "
+                                    f"{'not in the published layout' if layout.source != 'mmdet' else 'another depth'}")
         env = dict(reference_env.reference_environment(), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._paths: dict[int, Path] = {}
+        self.paths: dict[int, Path] = {}  # id(image array) -> the PNG written for it
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "reference" / "run_mmdet.py"),
                                       "--threads", str(threads), "serve", "--ckpt", str(ckpt)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -107,20 +133,21 @@ class MmdetTarget:
             raise RuntimeError(f"mmdetection could not load {ckpt.name}: {tail[0] if tail else 'no output'} (its "
                                f"checkpoint must be in the published layout)")
 
-    def _path(self, image) -> Path:
+    def image_path(self, image) -> Path:
+        """A path for ``image``: itself, or a PNG written once per array."""
         if isinstance(image, (str, os.PathLike)):
             return Path(image)
         key = id(image)
-        if key not in self._paths:
+        if key not in self.paths:
             import cv2
 
-            self._paths[key] = self.folder / f"image_{len(self._paths):03d}.png"
-            cv2.imwrite(str(self._paths[key]), image)
-        return self._paths[key]
+            self.paths[key] = self.folder / f"image_{len(self.paths):03d}.png"
+            cv2.imwrite(str(self.paths[key]), image)
+        return self.paths[key]
 
     def predict_timed(self, image) -> tuple[None, Timings]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{self._path(image)}\n")
+        self.proc.stdin.write(f"{self.image_path(image)}\n")
         self.proc.stdin.flush()
         answer = json.loads(self.proc.stdout.readline())
         return None, Timings(answer["pipeline_s"], answer["test_step_s"], 0.0, 1)
@@ -135,61 +162,42 @@ class MmdetTarget:
             self.proc.wait(timeout=30)
 
 
-class TorchTarget:
-    """The PyTorch eager predictor with the same per-stage timings."""
-
-    def __init__(self, ckpt: Path, threads: int) -> None:
+def open_predictor(name: str, model: Path, *, threads: int, batch_size: int = 1):
+    """The predictor of backend ``name`` on its built file: the PyTorch predictor on a checkpoint
+    ("pytorch", torch.set_num_threads), else a runtime Predictor (OpenVINO for the openvino
+    backends; TensorRT engines ignore ``threads``)."""
+    if name == "pytorch":
         import torch
 
         from pfpn.training.predictor import PanopticPredictor
 
         torch.set_num_threads(threads)
-        self.predictor = PanopticPredictor.from_checkpoint(ckpt)
-        self.categories = self.predictor.categories
+        return PanopticPredictor.from_checkpoint(model)
+    if name.startswith("openvino"):
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise TargetUnavailable("OpenVINO is not installed (pip install openvino)") from None
+    return Predictor(model, backend="openvino" if name.startswith("openvino") else None, threads=threads,
+                     batch_size=batch_size)
 
-    def predict_timed(self, image) -> tuple[PanopticResult, Timings]:
-        import torch
 
-        from pfpn.runtime.images import load_image
-        from pfpn.runtime.result import panoptic_result_from_label_map
-        from pfpn.training.predictor import label_map_single_image
-
-        p = self.predictor
-        t0 = time.perf_counter()
-        bgr = load_image(image)
-        batch = p.prepare([bgr])
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            raw = p.model(batch.images, batch.image_sizes)
-        t2 = time.perf_counter()
-        lm = label_map_single_image(raw.detections[0], raw.semantic_logits[0], p.config,
-                                    padded_size=tuple(batch.images.shape[-2:]), resized_size=batch.image_sizes[0],
-                                    original_size=batch.original_sizes[0], scale_factor=batch.scale_factors[0])
-        result = panoptic_result_from_label_map(lm.label_map.numpy(), p.categories,
-                                                instance_scores=lm.detections.scores[lm.kept].tolist(),
-                                                instance_offset=p.config.fusion.instance_offset)
-        t3 = time.perf_counter()
-        return result, Timings(t1 - t0, t2 - t1, t3 - t2, 1)
-
-    def predict(self, image) -> PanopticResult:
-        return self.predict_timed(image)[0]
+def open_target(name: str, model: Path, *, threads: int) -> Target:
+    """Backend ``name`` opened on a file it has already (a checkpoint for "pytorch"): an ok
+    Target; raises TargetUnavailable where the backend cannot run here."""
+    return Target(name, "ok", model_file=model, predictor=open_predictor(name, model, threads=threads))
 
 
 # ----------------------------------------------------------------------------------------------
 # artifacts (cached)
 
-def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"{what} failed: {' | '.join(tail)}")
-
-
 def onnx_file(ckpt: Path, workdir: Path, flavor: str = "ort") -> Path:
+    """The checkpoint's export of ``flavor`` (export/to_onnx.py's export_onnx), written once."""
     out = workdir / f"{ckpt.stem}_{flavor}.onnx"
     if not out.exists():
-        _run([sys.executable, str(ROOT / "export" / "to_onnx.py"), "--ckpt", str(ckpt), "--flavor", flavor,
-              "--out", str(out)], f"export ({flavor})")
+        from pfpn.export.to_onnx import export_onnx
+
+        export_onnx(ckpt=ckpt, out=out, flavor=flavor)
     return out
 
 
@@ -203,21 +211,20 @@ def int8_file(ckpt: Path, workdir: Path, calib_images: Sequence[Path]) -> Path:
 
 
 def engine_file(ckpt: Path, workdir: Path, precision: str, calib_dir: Path | None) -> Path:
+    """The checkpoint's trt-flavor engine at ``precision`` ("fp16" / "int8", calibrated on the
+    images of ``calib_dir``), built once (runtime/build_engine.py's build_engine, silent);
+    TargetUnavailable where TensorRT, a GPU or plugin support is missing."""
+    from pfpn.runtime.build_engine import build_engine
+    from pfpn.runtime.trt.build_plan import EnvironmentProblem, one_line
+
     out = workdir / f"{ckpt.stem}_{precision}.engine"
     if not out.exists():
-        cmd = [sys.executable, str(ROOT / "runtime" / "build_engine.py"), "--onnx", str(onnx_file(ckpt, workdir, "trt")),
-               f"--{precision}", "--out", str(out)]
-        if precision == "int8" and calib_dir is not None:
-            cmd += ["--calib-images", str(calib_dir)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["engine build failed"]
-            raise _Skip(reason[0].removeprefix("error: ")) if proc.returncode == 3 else RuntimeError(reason[0])
+        try:
+            build_engine(onnx=onnx_file(ckpt, workdir, "trt"), out=out, fp16=precision == "fp16",
+                         int8=precision == "int8", calib_images=calib_dir if precision == "int8" else None, echo=None)
+        except EnvironmentProblem as e:
+            raise TargetUnavailable(one_line(e)) from None
     return out
-
-
-class _Skip(Exception):
-    """The target cannot run on this machine (reason in the message)."""
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -241,78 +248,66 @@ def gpu_unavailable_reason() -> str | None:
 
 def make_target(name: str, *, ckpt: Path, workdir: Path, threads: int, calib_images: Sequence[Path],
                 calib_dir: Path | None = None) -> Target:
-    """Build (or reuse) what ``name`` needs and open it; never raises."""
-    from pfpn.runtime.predictor import Predictor
-
+    """Build (or reuse) what ``name`` needs and open it; never raises: a builder's
+    TargetUnavailable gives the status "skipped", any other error "failed", each with its one line."""
     workdir.mkdir(parents=True, exist_ok=True)
+
+    def opened(model: Path) -> Target:
+        return open_target(name, model, threads=threads)
+
     builders: dict[str, Callable[[], Target]] = {
-        "pytorch": lambda: Target(name, "ok", model_file=ckpt, predictor=TorchTarget(ckpt, threads)),
-        "ort_fp32": lambda: _runtime(name, onnx_file(ckpt, workdir), Predictor, threads=threads),
-        "ort_int8": lambda: _runtime(name, int8_file(ckpt, workdir, calib_images), Predictor, threads=threads),
-        "openvino": lambda: _openvino(name, onnx_file(ckpt, workdir), threads),
-        "openvino_int8": lambda: _openvino(name, int8_file(ckpt, workdir, calib_images), threads),
+        "pytorch": lambda: opened(ckpt),
+        "ort_fp32": lambda: opened(onnx_file(ckpt, workdir)),
+        "ort_int8": lambda: opened(int8_file(ckpt, workdir, calib_images)),
+        "openvino": lambda: opened(onnx_file(ckpt, workdir)),
+        "openvino_int8": lambda: opened(int8_file(ckpt, workdir, calib_images)),
         "trt_fp16": lambda: _tensorrt(name, ckpt, workdir, "fp16", None, calib_images),
         "trt_int8": lambda: _tensorrt(name, ckpt, workdir, "int8", calib_dir, calib_images),
-        "mmdet": lambda: Target(name, "ok", model_file=ckpt, predictor=MmdetTarget(ckpt, threads, workdir / "mmdet")),
+        "mmdet": lambda: Target(name, "ok", model_file=ckpt, predictor=MmdetProcess(ckpt, threads, workdir / "mmdet")),
     }
     if name not in builders:
         return Target(name, "failed", f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     try:
         return builders[name]()
-    except _Skip as e:
+    except TargetUnavailable as e:
         return Target(name, "skipped", str(e))
     except Exception as e:
         detail = traceback.format_exception_only(type(e), e)[-1].strip()
         return Target(name, "failed", detail)
 
 
-def _runtime(name: str, model: Path, predictor_cls, **kwargs) -> Target:
-    return Target(name, "ok", model_file=model, predictor=RuntimeTarget(predictor_cls(model, **kwargs)))
+def open_targets(names: Sequence[str], *, ckpt: Path, workdir: Path, threads: int, calib_images: Sequence[Path],
+                 calib_dir: Path | None = None, progress: bool = False) -> Iterator[Target]:
+    """The per-backend loop of the benchmarks: :func:`make_target` for each name in turn (opened
+    when the caller asks for the next one), announced as "[name] preparing ..." and, when it cannot
+    run, "[name] skipped: reason" / "[name] failed: error"; yields every Target, ok or not. With
+    ``progress``, a ``[progress] done/total`` line before each (training/progress.py)."""
+    from pfpn.training.progress import progress_line
 
-
-def _openvino(name: str, model: Path, threads: int) -> Target:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        raise _Skip("OpenVINO is not installed (pip install openvino)") from None
-    from pfpn.runtime.predictor import Predictor
-
-    return Target(name, "ok", model_file=model,
-                  predictor=RuntimeTarget(Predictor(model, backend="openvino", threads=threads)))
+    for done, name in enumerate(names):
+        if progress:
+            print(progress_line(done, len(names), next=name), flush=True)
+        print(f"[{name}] preparing ...", flush=True)
+        target = make_target(name, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib_images,
+                             calib_dir=calib_dir)
+        if target.status != "ok":
+            print(f"[{name}] {target.status}: {target.reason}", flush=True)
+        yield target
+    if progress:
+        print(progress_line(len(names), len(names)), flush=True)
 
 
 def _tensorrt(name: str, ckpt: Path, workdir: Path, precision: str, calib_dir: Path | None,
               calib_images: Sequence[Path]) -> Target:
     reason = gpu_unavailable_reason()
     if reason:
-        raise _Skip(reason)
+        raise TargetUnavailable(reason)
     from pfpn.runtime.predictor import Predictor
 
     if precision == "int8" and calib_dir is None:  # build_engine.py calibrates from a folder
         calib_dir = copy_images(calib_images, workdir / "calib")
     engine = engine_file(ckpt, workdir, precision, calib_dir)
-    return Target(name, "ok", model_file=engine, predictor=RuntimeTarget(Predictor(engine)))
-
-
-def checked_cli_inputs(ckpt: str, backends: str) -> tuple[Path, list[str]]:
-    """The benchmark scripts' ``--ckpt`` and ``--backends``, checked; ValueError names the problem."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path} (run `make demo` first, or pass --ckpt)")
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BACKENDS]
-    if unknown:
-        raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
-    return path, names
-
-
-def save_figure(fig, path: Path) -> None:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    return Target(name, "ok", model_file=engine, predictor=Predictor(engine))
 
 
 def copy_images(paths: Sequence[Path], folder: Path) -> Path:
@@ -320,55 +315,3 @@ def copy_images(paths: Sequence[Path], folder: Path) -> Path:
     for p in paths:
         shutil.copy(p, folder / p.name)
     return folder
-
-
-def default_images(count: int, size: tuple[int, int] | None, folder: Path | None = None) -> list:
-    """Synthetic images: the demo's val split when it exists and no size is asked, else generated
-    (deterministic) at ``size``."""
-    from pfpn.training.data.synthetic import make_synthetic_sample
-
-    if folder is not None:
-        from pfpn.runtime.images import list_images
-
-        return list_images(folder, count=count)
-    h, w = size or (192, 256)
-    return [make_synthetic_sample(np.random.default_rng(1000 + i), h, w)[0] for i in range(count)]
-
-
-def benchmark_parser(doc: str | None, *, count: int, count_help: str):
-    """The argument parser of a benchmark script with the arguments they share: --ckpt, --images,
-    --size, --count, --calib-count, --workdir (read them with :func:`benchmark_images`)."""
-    import argparse
-
-    from pfpn.benchmarks.fps import DEFAULT_CKPT, DEFAULT_IMAGES
-
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"checkpoint (default {DEFAULT_CKPT})")
-    p.add_argument("--images", help=f"folder of images (default {DEFAULT_IMAGES} when it exists and no --size)")
-    p.add_argument("--size", help="generate synthetic images of this HxW instead")
-    p.add_argument("--count", type=int, default=count, help=f"{count_help} (default {count})")
-    p.add_argument("--calib-count", type=int, default=16, help="calibration images for the int8 backends")
-    p.add_argument("--workdir", help="model cache (default <ckpt dir>/deploy, as fps.py)")
-    return p
-
-
-def benchmark_images(*, images: str | None, size: tuple[int, int] | None, count: int) -> list[np.ndarray]:
-    """The images of a benchmark script as BGR arrays: ``images`` (a folder), else the demo's val
-    split when it exists and no ``size`` is asked, else generated synthetic images of ``size``."""
-    from pfpn.benchmarks.fps import DEFAULT_IMAGES
-    from pfpn.runtime.images import read_image
-
-    folder = Path(images) if images else (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() and not size else None)
-    return [read_image(im) if isinstance(im, Path) else im for im in default_images(count, size, folder)]
-
-
-def env_threads(threads: int) -> None:
-    """Apply the thread count to this process's libraries: the OpenMP/BLAS variables for those
-    that have not started their threads yet, and OpenCV's pool (resize, pasting) directly, as it
-    is already loaded by the time the arguments are parsed. Torch, ONNX Runtime and OpenVINO get
-    it through their own settings (make_target)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    import cv2
-
-    cv2.setNumThreads(threads)

@@ -59,19 +59,14 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
 
 def _worker(backend: str, model: str, threads: int, batch_size: int, images: list, ready, start, results) -> None:
     """One worker: open the predictor, say ready, wait for the start, run its images."""
-    from pfpn.benchmarks.targets import env_threads
+    from pfpn.benchmarks.cli import env_threads
+    from pfpn.benchmarks.targets import open_predictor
 
     env_threads(threads)
-    if backend == "pytorch":
-        from pfpn.benchmarks.targets import TorchTarget
-
-        target = TorchTarget(Path(model), threads)
-        run = lambda chunk: [target.predict(im) for im in chunk]  # noqa: E731
+    predictor = open_predictor(backend, Path(model), threads=threads, batch_size=batch_size)
+    if backend == "pytorch":  # one image per call (its predict_batch would batch them in one network call)
+        run = lambda chunk: [predictor.predict(im) for im in chunk]  # noqa: E731
     else:
-        from pfpn.runtime.predictor import Predictor
-
-        predictor = Predictor(model, backend="openvino" if backend.startswith("openvino") else None, threads=threads,
-                              batch_size=batch_size)
         run = predictor.predict_batch
     run(images[:batch_size])  # warm-up
     ready.put(1)
@@ -110,19 +105,19 @@ def measure_config(backend: str, model: Path, images: Sequence, *, processes: in
 def run_throughput(*, ckpt: Path, backends: Sequence[str], images: Sequence, batch_sizes: Sequence[int],
                    layouts: Sequence[tuple[int, int]], threads: int, workdir: Path, calib_images: Sequence[Path]
                    ) -> list[ThroughputRow]:
-    """Every backend x (batch sizes at 1 x threads, layouts at batch 1)."""
-    from pfpn.benchmarks.targets import make_target
+    """Every backend x (batch sizes at 1 x threads, layouts at batch 1). ValueError for a backend
+    this script does not measure."""
+    from pfpn.benchmarks.targets import open_targets
 
+    wrong = [name for name in backends if name not in RUNTIME_BACKENDS + ("pytorch",)]
+    if wrong:
+        raise ValueError(f"throughput measures {', '.join(('pytorch',) + RUNTIME_BACKENDS)}, not {wrong[0]!r}")
     rows = []
-    for name in backends:
-        if name not in RUNTIME_BACKENDS + ("pytorch",):
-            raise ValueError(f"throughput measures {', '.join(('pytorch',) + RUNTIME_BACKENDS)}, not {name!r}")
-        target = make_target(name, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib_images)
+    for target in open_targets(backends, ckpt=ckpt, workdir=workdir, threads=threads, calib_images=calib_images):
         if target.status != "ok":
-            print(f"[{name}] {target.status}: {target.reason}", flush=True)
             continue
-        model = target.model_file
-        del target  # the workers open their own
+        name, model = target.name, target.model_file
+        target.predictor = None  # the workers open their own
         configs = [(1, threads, b) for b in batch_sizes if name != "pytorch" or b == 1]
         configs += [(p, t, 1) for p, t in layouts if (p, t) != (1, threads) or 1 not in batch_sizes]
         for processes, t, batch in configs:
@@ -142,9 +137,30 @@ def format_throughput_table(rows: Sequence[ThroughputRow]) -> str:
     return "\n".join(lines)
 
 
+def benchmark_throughput(*, ckpt: str | Path, backends: str | Sequence[str] = "ort_fp32,ort_int8",
+                         images: str | Path | None = None, size: tuple[int, int] | None = None, count: int = 8,
+                         calib_count: int = 16, workdir: str | Path | None = None,
+                         batch_sizes: Sequence[int] = (1, 2, 4), layouts: Sequence[tuple[int, int]] = ((1, 2), (2, 1)),
+                         threads: int = 2, out: str | Path = "work_dirs/bench",
+                         command: str = "python benchmarks/throughput.py") -> list[ThroughputRow]:
+    """:func:`run_throughput` on the benchmark images, models from fps.py's cache -> the rows;
+    writes OUT/throughput.json / .md. ValueError for a missing checkpoint or a backend not measured."""
+    from pfpn.benchmarks.cli import (benchmark_images, calibration_images, checked_cli_inputs, default_workdir,
+                                     describe_images, save_results)
+
+    ckpt, names = checked_cli_inputs(ckpt, backends)
+    image_list = benchmark_images(images=images, size=size, count=count)
+    workdir = default_workdir(ckpt, workdir)
+    calib, _ = calibration_images(workdir=workdir, size=size, count=calib_count)
+    rows = run_throughput(ckpt=ckpt, backends=names, images=image_list, batch_sizes=batch_sizes, layouts=layouts,
+                          threads=threads, workdir=workdir, calib_images=calib)
+    save_results(Path(out), "throughput", what=f"{ckpt.name}, {describe_images(len(image_list), size)}",
+                 table=format_throughput_table(rows), rows=rows, command=command)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    from pfpn.benchmarks.fps import parse_size
-    from pfpn.benchmarks.targets import benchmark_parser
+    from pfpn.benchmarks.cli import benchmark_parser, script_command
 
     p = benchmark_parser(__doc__, count=8, count_help="images per configuration")
     p.add_argument("--backends", default="ort_fp32,ort_int8", help="comma-separated: pytorch, " + ", ".join(RUNTIME_BACKENDS))
@@ -153,28 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads of the single-process configurations")
     p.add_argument("--out", default="work_dirs/bench", help="folder for throughput.json / .md")
     args = p.parse_args(argv)
-
-    from pfpn.benchmarks.fps import save_calibration
-    from pfpn.benchmarks.machine_limits import save_results
-    from pfpn.benchmarks.targets import benchmark_images, checked_cli_inputs, default_images
-
     try:
-        ckpt, backends = checked_cli_inputs(args.ckpt, args.backends)
-        layouts = parse_layouts(args.layouts)
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        benchmark_throughput(ckpt=args.ckpt, backends=args.backends, images=args.images, size=args.size,
+                             count=args.count, calib_count=args.calib_count, workdir=args.workdir,
+                             batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                             layouts=parse_layouts(args.layouts), threads=args.threads, out=args.out,
+                             command=script_command("throughput.py", argv))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    size = parse_size(args.size)
-    images = benchmark_images(images=args.images, size=size, count=args.count)
-    workdir = Path(args.workdir) if args.workdir else ckpt.parent / "deploy"
-    calib_dir = workdir / f"calib_{size[0]}x{size[1]}" if size else workdir / "calib"
-    calib = save_calibration(default_images(args.calib_count, size, None), calib_dir)
-    rows = run_throughput(ckpt=ckpt, backends=backends, images=images, batch_sizes=batch_sizes, layouts=layouts,
-                          threads=args.threads, workdir=workdir, calib_images=calib)
-    what = f"{ckpt.name}, {len(images)} images{f' of {size[0]}x{size[1]}' if size else ''}"
-    save_results(Path(args.out), "throughput", what=what, table=format_throughput_table(rows), rows=rows,
-                 script="throughput.py", argv=argv)
     return 0
 
 

@@ -14,9 +14,10 @@ from torch import Tensor, nn
 
 import pfpn.plugins.torch_ops  # noqa: F401  (registers torch.ops.pfpn.*)
 from pfpn.training.config import ModelConfig
-from pfpn.training.model.anchors import base_anchors
-from pfpn.training.model.box_ops import DELTA_WH_CLAMP
+from pfpn.training.model.anchors import grid_anchors
+from pfpn.training.model.box_ops import apply_deltas, clip_boxes
 from pfpn.training.model.panoptic_fpn import PanopticFPN
+from pfpn.training.preprocess import normalize_padded
 
 _INVALID_SCORE = -1.0  # scores are probabilities; this marks padding / removed boxes
 # Padding rows are pooled from this box: some RoIAlign implementations (OpenVINO's) return NaN
@@ -41,32 +42,6 @@ def _non_negative(index: Tensor) -> Tensor:
     return torch.where(index >= 0, index, 0)
 
 
-def decode_clip(anchors: Tensor, deltas: Tensor, stds: tuple[float, ...], image_hw: Tensor) -> Tensor:
-    """Batched delta decoding + clipping, the same float operations as
-    ``training.model.box_ops.decode_boxes``.
-
-    anchors, deltas: (B, M, 4); image_hw: (B, 2) float (h, w) -> (B, M, 4).
-    """
-    d = deltas * deltas.new_tensor(stds) + deltas.new_zeros(4)
-    pxy = (anchors[..., :2] + anchors[..., 2:]) * 0.5
-    pwh = anchors[..., 2:] - anchors[..., :2]
-    dxy_wh = pwh * d[..., :2]
-    dwh = d[..., 2:].clamp(min=-DELTA_WH_CLAMP, max=DELTA_WH_CLAMP)
-    gxy = pxy + dxy_wh
-    gwh = pwh * dwh.exp()
-    x1y1 = gxy - gwh * 0.5
-    x2y2 = gxy + gwh * 0.5
-    h = image_hw[:, 0].view(-1, 1)
-    w = image_hw[:, 1].view(-1, 1)
-    while h.dim() < x1y1.dim() - 1:
-        h, w = h.unsqueeze(-1), w.unsqueeze(-1)
-    x1 = torch.min(x1y1[..., 0].clamp(min=0), w)
-    y1 = torch.min(x1y1[..., 1].clamp(min=0), h)
-    x2 = torch.min(x2y2[..., 0].clamp(min=0), w)
-    y2 = torch.min(x2y2[..., 1].clamp(min=0), h)
-    return torch.stack([x1, y1, x2, y2], dim=-1)
-
-
 class ExportablePanopticFPN(nn.Module):
     """forward(images uint8 [B, H, W, 3] BGR, image_sizes int64 [B, 2]) -> the contract outputs.
 
@@ -82,36 +57,6 @@ class ExportablePanopticFPN(nn.Module):
         self.model = model.eval()
         self.config = config
         self.mask_head_on_detections_only = mask_head_on_detections_only
-        inp = config.input
-        self.register_buffer("mean", torch.tensor(inp.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(inp.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        rpn = config.rpn
-        for i, stride in enumerate(rpn.strides):
-            self.register_buffer(f"base_anchors_{i}", base_anchors(stride, rpn.anchor_scale, rpn.anchor_ratios),
-                                 persistent=False)
-
-    # ------------------------------------------------------------------------------------------
-    def preprocess(self, images: Tensor, image_sizes: Tensor) -> Tensor:
-        """uint8 BGR NHWC (zero-padded) -> normalised RGB NCHW, zero outside each image.
-
-        The uint8 input goes straight into a Cast: TensorRT accepts a UINT8 network input only
-        when its one consumer is a Cast (NvInferRuntimeBase.h, DataType::kUINT8; checked by
-        runtime/trt/conformance.py). Casting before transposing gives the same values."""
-        x = images.float().permute(0, 3, 1, 2)[:, [2, 1, 0]]
-        x = (x - self.mean) / self.std
-        rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
-        cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)
-        valid = (rows < image_sizes[:, 0].view(-1, 1, 1)) & (cols < image_sizes[:, 1].view(-1, 1, 1))
-        return torch.where(valid.unsqueeze(1), x, torch.zeros_like(x))
-
-    def level_anchors(self, feat: Tensor, level: int) -> Tensor:
-        """(H_l * W_l * A, 4) anchors of one level, (y, x, anchor) order, from the map's shape."""
-        stride = float(self.config.rpn.strides[level])
-        shift_x = torch.arange(feat.shape[3], device=feat.device).float() * stride
-        shift_y = torch.arange(feat.shape[2], device=feat.device).float() * stride
-        yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
-        shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
-        return (shifts + getattr(self, f"base_anchors_{level}")[None]).reshape(-1, 4)
 
     def proposals(self, feats: list[Tensor], image_hw: Tensor) -> tuple[Tensor, Tensor]:
         """-> proposals (B, P, 4), valid (B, P) bool with P = post_nms_top_n."""
@@ -123,14 +68,15 @@ class ExportablePanopticFPN(nn.Module):
             b = obj.shape[0]
             scores = obj.permute(0, 2, 3, 1).reshape(b, -1).sigmoid()
             dlt = dlt.permute(0, 2, 3, 1).reshape(b, -1, 4)
-            anchors = self.level_anchors(feat, level)
+            anchors = grid_anchors(feat.shape[-2:], rpn.strides[level], rpn.anchor_scale, rpn.anchor_ratios,
+                                   device=feat.device)
             # pad so that top-k always has k entries (levels with fewer anchors than k)
             scores = F.pad(scores, (0, k), value=_INVALID_SCORE)
             dlt = F.pad(dlt, (0, 0, 0, k))
             anchors = F.pad(anchors, (0, 0, 0, k))
             top_scores, top_idx = scores.topk(k, dim=1)
             top_deltas = torch.gather(dlt, 1, top_idx.unsqueeze(-1).expand(-1, -1, 4))
-            boxes = decode_clip(anchors[top_idx], top_deltas, (1.0, 1.0, 1.0, 1.0), image_hw)
+            boxes = clip_boxes(apply_deltas(anchors[top_idx], top_deltas), image_hw)
             w = boxes[..., 2] - boxes[..., 0]
             h = boxes[..., 3] - boxes[..., 1]
             valid = (top_scores >= 0) & (w > rpn.min_box_size) & (h > rpn.min_box_size)
@@ -154,7 +100,7 @@ class ExportablePanopticFPN(nn.Module):
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         cfg = self.config
-        x = self.preprocess(images, image_sizes)
+        x = normalize_padded(images, image_sizes, cfg.input.mean, cfg.input.std)
         image_hw = image_sizes.float()
         feats = self.model.neck(self.model.backbone(x))
         proposals, prop_valid = self.proposals(feats, image_hw)
@@ -164,9 +110,8 @@ class ExportablePanopticFPN(nn.Module):
         # box head: every (proposal, class) with score > threshold is a candidate
         class_logits, box_deltas = self.model.roi_head.bbox_head(self.roi_align(feats, proposals, cfg.box_head.roi_size))
         scores = _where_valid(prop_valid, F.softmax(class_logits, dim=-1)[:, :t].reshape(b, p, t), 0.0)
-        cand_boxes = decode_clip(proposals.unsqueeze(2).expand(-1, -1, t, -1), box_deltas.reshape(b, p, t, 4),
-                                 cfg.box_head.box_stds, image_hw)
-        cand_boxes = cand_boxes.reshape(b, p * t, 4)
+        cand_boxes = apply_deltas(proposals.unsqueeze(2), box_deltas.reshape(b, p, t, 4), cfg.box_head.box_stds)
+        cand_boxes = clip_boxes(cand_boxes, image_hw).reshape(b, p * t, 4)
         scores = scores.reshape(b, p * t)
         selected, num = torch.ops.pfpn.batched_nms(cand_boxes, scores, None, cfg.box_head.nms_iou_threshold,
                                                    cfg.box_head.score_threshold, cfg.box_head.max_detections)

@@ -1,6 +1,8 @@
 """Describe an exported file in its ONNX metadata (``runtime/contract.py``'s ModelMetadata)."""
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
 
 from pfpn.runtime.contract import CONTRACT_VERSION, ModelMetadata
@@ -18,9 +20,8 @@ def build_metadata(config: ModelConfig, categories: CategoryTable, *, flavor: st
         score_threshold=config.box_head.score_threshold, box_nms_iou_threshold=config.box_head.nms_iou_threshold,
         rpn_nms_iou_threshold=config.rpn.nms_iou_threshold, rpn_pre_nms_top_n=config.rpn.pre_nms_top_n_test,
         rpn_post_nms_top_n=config.rpn.post_nms_top_n_test, mask_threshold=config.mask_head.mask_threshold,
-        mask_overlap_threshold=config.fusion.mask_overlap_threshold,
-        stuff_area_limit=config.fusion.stuff_area_limit, instance_offset=config.fusion.instance_offset,
-        source=source)
+        # the FusionConfig's fields are the file's keys (ModelMetadata.fusion reads them back)
+        **dataclasses.asdict(config.fusion), source=source)
 
 
 def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:

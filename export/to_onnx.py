@@ -19,7 +19,8 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,87 +67,117 @@ class ExportError(RuntimeError):
     pass
 
 
-def export(args: argparse.Namespace) -> tuple[Path, Any, Any]:
-    """-> (the .onnx written, the model it was traced from, its loaded checkpoint)."""
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` did: the file written and, with ``verify``, the parity rows."""
+
+    path: Path
+    parity: list | None = None  # [export.verify.ImageParity], None without verification
+
+    @property
+    def passed(self) -> bool:
+        """True unless verification ran and some image is outside the thresholds."""
+        if self.parity is None:
+            return True
+        from pfpn.export.verify import passed
+
+        return passed(self.parity)
+
+
+def export_onnx(*, ckpt: str | Path, out: str | Path | None = None, flavor: str = "ort", opset: int = MIN_OPSET,
+                export_size: str | None = None, categories: str | Path | None = None, simplify: bool = False,
+                score_threshold: float | None = None, max_detections: int | None = None,
+                mask_threshold: float | None = None, mask_overlap_threshold: float | None = None,
+                stuff_area_limit: int | None = None, verify: bool = False, verify_images: str | Path | None = None,
+                verify_count: int = 24, verify_backend: str = "onnxruntime", verify_json: str | Path | None = None,
+                threads: int | None = None) -> ExportResult:
+    """Export ``ckpt`` (the command line's flags as keywords, same defaults) and, with ``verify``,
+    compare the file with the PyTorch model it was traced from (the table is printed).
+
+    Raises ExportError (bad options, a failed --simplify or --verify-images), CheckpointError,
+    FileNotFoundError or ValueError; a failed parity check is ``result.passed == False``.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = dict(score_threshold=score_threshold, max_detections=max_detections, mask_threshold=mask_threshold,
+                    mask_overlap_threshold=mask_overlap_threshold, stuff_area_limit=stuff_area_limit)
+    path, model, loaded = export_model(ckpt=ckpt, out=out, flavor=flavor, opset=opset, export_size=export_size,
+                                       categories=categories, simplify=simplify, settings=settings)
+    if not verify:
+        return ExportResult(path)
+    rows = verify_export(path, model, loaded, images=verify_images, count=verify_count, backend=verify_backend,
+                         json_path=verify_json, threads=threads)
+    return ExportResult(path, rows)
+
+
+def export_model(*, ckpt: str | Path, out: str | Path | None, flavor: str, opset: int, export_size: str | None,
+                 categories: str | Path | None, simplify: bool, settings: dict[str, Any]) -> tuple[Path, Any, Any]:
+    """Trace and write the file. settings: the deployment settings (None = the checkpoint's).
+    -> (the .onnx written, the model it was traced from, its loaded checkpoint)."""
     import onnx
     import torch
 
     from pfpn.export.graph import ExportablePanopticFPN
     from pfpn.export.metadata import build_metadata, write_metadata
     from pfpn.plugins.torch_ops import export_flavor
-    from pfpn.runtime.contract import (DEPLOYMENT_SETTINGS, DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES,
-                                  format_deployment_settings)
-    from pfpn.runtime.files import atomic_output
     from pfpn.runtime.categories import CategoryTable
+    from pfpn.runtime.contract import DYNAMIC_AXES, INPUT_NAMES, OUTPUT_NAMES, format_deployment_settings
+    from pfpn.runtime.files import atomic_output
+    from pfpn.runtime.preprocess import padded_size
     from pfpn.training.checkpoint import load_model
     from pfpn.training.config import deployment_settings, with_deployment_settings
     from pfpn.training.model.panoptic_fpn import rebuild_with_config
 
-    if args.opset < MIN_OPSET:
-        raise ExportError(f"--opset {args.opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is not supported: RoiAlign's half_pixel mode needs opset >= 16 and "
                           f"this exporter emits opset >= {MIN_OPSET}")
-    ckpt_path = Path(args.ckpt)
-    categories = None
-    if args.categories:
-        categories = CategoryTable(json.loads(Path(args.categories).read_text())["categories"])
-    model, ckpt = load_model(ckpt_path, categories=categories)
+    ckpt_path = Path(ckpt)
+    table = CategoryTable(json.loads(Path(categories).read_text())["categories"]) if categories else None
+    model, loaded = load_model(ckpt_path, categories=table)
     try:
-        config = with_deployment_settings(ckpt.config.model, **{k: getattr(args, k) for k in DEPLOYMENT_SETTINGS})
+        config = with_deployment_settings(loaded.config.model, **settings)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    if config != ckpt.config.model:
+    if config != loaded.config.model:
         # the PyTorch model (traced, and compared with by --verify) follows the same settings
-        ckpt = replace(ckpt, config=replace(ckpt.config, model=config))
+        loaded = replace(loaded, config=replace(loaded.config, model=config))
         model = rebuild_with_config(model, config)
-    out = Path(args.out) if args.out else ckpt_path.with_name(f"{ckpt_path.stem}_{args.flavor}.onnx")
+    out = Path(out) if out else ckpt_path.with_name(f"{ckpt_path.stem}_{flavor}.onnx")
     if out.suffix != ".onnx":
         raise ExportError(f"--out must end with .onnx, got {out}")
-    if args.export_size:
+    if export_size:
         try:
-            h, w = (int(v) for v in args.export_size.lower().split("x"))
+            h, w = (int(v) for v in export_size.lower().split("x"))
         except ValueError:
-            raise ExportError(f"--export-size must look like 800x1344, got {args.export_size!r}") from None
+            raise ExportError(f"--export-size must look like 800x1344, got {export_size!r}") from None
     else:
         h, w = config.input.max_short_side, config.input.max_long_side
-    div = config.input.size_divisor
-    ph, pw = -(-h // div) * div, -(-w // div) * div
-    images = torch.zeros(1, ph, pw, 3, dtype=torch.uint8)
+    images = torch.zeros(1, *padded_size(h, w, config.input.size_divisor), 3, dtype=torch.uint8)
     images[:, :h, :w] = torch.randint(0, 256, (1, h, w, 3), generator=torch.Generator().manual_seed(0),
                                       dtype=torch.uint8)
     sizes = torch.tensor([[h, w]], dtype=torch.int64)
     # TensorRT keeps static shapes; ONNX Runtime / OpenVINO run the mask head on the detections only
-    graph = ExportablePanopticFPN(model, config, mask_head_on_detections_only=args.flavor == "ort").eval()
+    graph = ExportablePanopticFPN(model, config, mask_head_on_detections_only=flavor == "ort").eval()
 
     t0 = time.time()
     with atomic_output(out) as tmp:
-        with export_flavor(args.flavor), torch.no_grad(), _quiet_export_warnings():
-            torch.onnx.export(graph, (images, sizes), tmp, dynamo=False, opset_version=args.opset,
+        with export_flavor(flavor), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter warns about every traced shape computation
+            torch.onnx.export(graph, (images, sizes), tmp, dynamo=False, opset_version=opset,
                               input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                               dynamic_axes=DYNAMIC_AXES, do_constant_folding=True)
         proto = onnx.load(tmp)
-        if args.simplify:
+        if simplify:
             proto = _simplify(proto)
-        write_metadata(proto, build_metadata(config, ckpt.categories, flavor=args.flavor,
-                                             source=f"{ckpt_path.name} ({ckpt.source})"))
+        write_metadata(proto, build_metadata(config, loaded.categories, flavor=flavor,
+                                             source=f"{ckpt_path.name} ({loaded.source})"))
         onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
-    print(f"exported {out} ({args.flavor}, opset {args.opset}, {out.stat().st_size / 1e6:.1f} MB) "
+    print(f"exported {out} ({flavor}, opset {opset}, {out.stat().st_size / 1e6:.1f} MB) "
           f"in {time.time() - t0:.1f} s; {format_deployment_settings(deployment_settings(config))}")
-    return out, model, ckpt
-
-
-class _quiet_export_warnings:
-    """The TorchScript exporter warns about every traced shape computation; keep the console readable."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+    return out, model, loaded
 
 
 def _simplify(proto):
@@ -157,35 +188,33 @@ def _simplify(proto):
     return onnxslim.slim(proto)
 
 
-def verify(args: argparse.Namespace, onnx_path: Path, model, ckpt) -> bool:
+def verify_export(onnx_path: Path, model, ckpt, *, images: str | Path | None = None, count: int = 24,
+                  backend: str = "onnxruntime", json_path: str | Path | None = None,
+                  threads: int | None = None) -> list:
     """Run the export against the PyTorch predictor of the model it was traced from (no second
-    checkpoint load, and the same ``--categories``), with the runtime's own backend."""
+    checkpoint load, and the same ``--categories``), with the runtime's own backend (``backend``:
+    onnxruntime or openvino), on the images of the folder ``images`` (default: synthetic ones).
+    Prints the table. -> the parity rows ([export.verify.ImageParity])."""
+    from pfpn.export.verify import compare, format_parity, parity_dicts
     from pfpn.runtime.backends import open_backend
     from pfpn.training.predictor import PanopticPredictor
 
-    predictor = PanopticPredictor(model, ckpt.config.model, ckpt.categories)
-    backend = open_backend(onnx_path, "openvino" if args.verify_backend == "openvino" else "onnxruntime",
-                           threads=args.threads)
-    return _verify_with(args, predictor, backend)
-
-
-def _verify_with(args: argparse.Namespace, predictor, backend) -> bool:
-    from pfpn.export.verify import compare, format_parity, parity_dicts, passed
-
-    if args.verify_images:
+    if images:
         from pfpn.runtime.images import ImageError, list_images
 
         try:
-            images = list_images(args.verify_images, count=args.verify_count, what="--verify-images")
+            inputs = list_images(images, count=count, what="--verify-images")
         except (FileNotFoundError, ImageError) as e:
             raise ExportError(str(e)) from None
     else:
-        images = _synthetic_images(args.verify_count)
-    rows = compare(predictor, backend, images)
+        inputs = _synthetic_images(count)
+    predictor = PanopticPredictor(model, ckpt.config.model, ckpt.categories)
+    rows = compare(predictor, open_backend(onnx_path, "openvino" if backend == "openvino" else "onnxruntime",
+                                           threads=threads), inputs)
     print(format_parity(rows))
-    if args.verify_json:
-        Path(args.verify_json).write_text(json.dumps(parity_dicts(rows), indent=2))
-    return passed(rows)
+    if json_path:
+        Path(json_path).write_text(json.dumps(parity_dicts(rows), indent=2))
+    return rows
 
 
 # default --verify images: landscape, portrait, sizes that are not multiples of 32, and 480x800
@@ -204,25 +233,16 @@ def _synthetic_images(count: int = 24) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        import torch
+    from pfpn.training.checkpoint import CheckpointError
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        out, model, ckpt = export(args)
-        if args.verify and not verify(args, out, model, ckpt):
-            print("error: parity check failed (see the table above)", file=sys.stderr)
-            return 1
-    except ExportError as e:
+    try:
+        result = export_onnx(**vars(args))
+    except (ExportError, CheckpointError, FileNotFoundError, ValueError) as e:  # one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # checkpoint problems etc.: one clear line, no traceback
-        from pfpn.training.checkpoint import CheckpointError
-
-        if isinstance(e, (CheckpointError, FileNotFoundError, ValueError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    if not result.passed:
+        print("error: parity check failed (see the table above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from pfpn.runtime.contract import OUTPUT_NAMES
+from pfpn.runtime.images import load_image
 from pfpn.runtime.preprocess import prepare_batch
 from pfpn.training.model.box_ops import box_iou
 from pfpn.training.model.panoptic_fpn import Detections
-from pfpn.training.predictor import PanopticPredictor, label_map_single_image, load_bgr
+from pfpn.training.predictor import PanopticPredictor, label_map_single_image
 
-# the acceptance thresholds of the export (issue 3)
+# the acceptance thresholds of the export
 MIN_IOU = 0.99
 MAX_SCORE_DIFF = 1e-4
 MAX_MASK_MAD = 1e-4
@@ -89,7 +90,7 @@ def compare(predictor: PanopticPredictor, backend, images: Sequence[np.ndarray |
     """Run both on ``images``; ``backend`` runs the exported file (a ``runtime.backends`` backend:
     ONNX Runtime, OpenVINO, ...)."""
     config = predictor.config
-    bgr = [load_bgr(im) for im in images]
+    bgr = [load_image(im) for im in images]
     names = list(names) if names is not None else [str(Path(im).name) if isinstance(im, (str, os.PathLike))
                                                    else f"image{i}" for i, im in enumerate(images)]
     results = []
@@ -134,7 +135,7 @@ def _measure(reference, det: Detections, sem: torch.Tensor, got_map: torch.Tenso
     h4, w4 = -(-resized[0] // 4), -(-resized[1] // 4)
     a, b = ref_sem[:, :h4, :w4], sem[:, :h4, :w4]
     rel = float((a - b).abs().max() / a.abs().max().clamp(min=1e-6))
-    agreement = float((ref_map == got_map).float().mean())
+    agreement = float(np.mean(np.asarray(ref_map) == np.asarray(got_map)))
     return ImageParity(name=name, size=size, num_torch=int(ref_det.boxes.shape[0]), num_onnx=int(det.boxes.shape[0]),
                        num_matched=len(pairs), min_iou=min(ious, default=1.0),
                        max_score_diff=max(score_diff, default=0.0), mask_mad=max(mask_mad, default=0.0),

@@ -46,6 +46,22 @@ def _kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+@triton.jit
+def _sample_axis(start, i, bin_size, grid, size_f, size):
+    """Sample ``i`` of a bin's ``grid`` on one axis (feature size ``size``) -> (inside, lo, hi, frac):
+    the sample coordinate, whether it is within [-1, size], its two neighbouring cells and the
+    bilinear weight of ``hi``, clamped as ``plugins/reference.py`` clamps."""
+    pos = start + tl.div_rn((i + 0.5) * bin_size, grid.to(tl.float32))
+    inside = (pos >= -1.0) & (pos <= size_f)
+    c = tl.maximum(pos, 0.0)
+    lo = tl.floor(c).to(tl.int32)
+    edge = lo >= size - 1
+    lo = tl.where(edge, size - 1, lo)
+    hi = tl.where(edge, size - 1, lo + 1)
+    c = tl.where(edge, lo.to(tl.float32), c)
+    return inside, lo, hi, c - lo.to(tl.float32)
+
+
 @_kernel
 def roi_align_kernel(rois_ptr, p2_ptr, p3_ptr, p4_ptr, p5_ptr,
                      K, C, H2, W2, H3, W3, H4, W4, H5, W5,
@@ -99,25 +115,9 @@ def roi_align_kernel(rois_ptr, p2_ptr, p3_ptr, p4_ptr, p5_ptr,
             chan_base = feat + (batch * C + chan) * plane
             acc = tl.zeros([BLOCK_C], dtype=tl.float32)
             for iy in range(grid_h):
-                yy = y_start + tl.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
-                y_in = (yy >= -1.0) & (yy <= hf)
-                yc = tl.maximum(yy, 0.0)
-                y_lo = tl.floor(yc).to(tl.int32)
-                y_edge = y_lo >= height - 1
-                y_lo = tl.where(y_edge, height - 1, y_lo)
-                y_hi = tl.where(y_edge, height - 1, y_lo + 1)
-                yc = tl.where(y_edge, y_lo.to(tl.float32), yc)
-                fy = yc - y_lo.to(tl.float32)
+                y_in, y_lo, y_hi, fy = _sample_axis(y_start, iy, bin_h, grid_h, hf, height)
                 for ix in range(grid_w):
-                    xx = x_start + tl.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
-                    x_in = (xx >= -1.0) & (xx <= wf)
-                    xc = tl.maximum(xx, 0.0)
-                    x_lo = tl.floor(xc).to(tl.int32)
-                    x_edge = x_lo >= width - 1
-                    x_lo = tl.where(x_edge, width - 1, x_lo)
-                    x_hi = tl.where(x_edge, width - 1, x_lo + 1)
-                    xc = tl.where(x_edge, x_lo.to(tl.float32), xc)
-                    fx = xc - x_lo.to(tl.float32)
+                    x_in, x_lo, x_hi, fx = _sample_axis(x_start, ix, bin_w, grid_w, wf, width)
                     # (a scalar condition is widened through int32: the interpreter cannot AND a bool
                     # scalar into a bool block)
                     m = cmask & (((y_in & x_in).to(tl.int32) + tl.zeros([BLOCK_C], tl.int32)) != 0)

@@ -25,6 +25,9 @@ class ModelError(ValueError):
 class Backend(Protocol):
     metadata: ModelMetadata
     name: str
+    # whether run() may be called from several threads at once (the Predictor serialises the
+    # calls of a backend that says False, or does not say)
+    thread_safe: bool
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
         """images (B, H, W, 3) uint8, image_sizes (B, 2) int64 -> the contract outputs."""
@@ -35,13 +38,15 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
 
 
 class OnnxRuntimeBackend:
-    """An exported ``.onnx`` file in ONNX Runtime.
+    """An exported ``.onnx`` file in ONNX Runtime (sessions run concurrently).
 
     providers: names like "cpu", "cuda", "tensorrt" (or full ONNX Runtime provider names), in
     priority order; default CPU. Unavailable providers are an error naming what is installed.
     ``trt_options`` are passed to the TensorRT execution provider (e.g. trt_fp16_enable,
     trt_engine_cache_enable, trt_timing_cache_enable).
     """
+
+    thread_safe = True  # InferenceSession.run is thread-safe
 
     def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] = ("cpu",), threads: int | None = None,
                  trt_options: dict | None = None) -> None:
@@ -94,6 +99,8 @@ class OnnxRuntimeBackend:
 class OpenVinoBackend:
     """An ort-flavor ``.onnx`` file in OpenVINO on the CPU. Inference precision is forced to f32:
     OpenVINO defaults to bf16 on CPUs that have it, which breaks parity with the other backends."""
+
+    thread_safe = True  # a compiled model runs infer requests concurrently
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
         try:
@@ -191,6 +198,8 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **kwargs) 
 
 class SerializedBackend:
     """Wraps a backend that is not safe to call from several threads at once."""
+
+    thread_safe = True  # it takes a lock around the wrapped backend
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

@@ -1,4 +1,4 @@
-"""Time the torch-free post-processing (runtime/postprocess.py) on synthetic model outputs.
+"""Time the torch-free post-processing (runtime/fusion.py) on synthetic model outputs.
 
     python runtime/bench_postprocess.py                      # 800x1333, 100 instances, 54 channels
     python runtime/bench_postprocess.py --scene random --runs 30
@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from pfpn.runtime.contract import MASK_SIZE, SEMANTIC_STRIDE  # noqa: E402
 from pfpn.runtime.categories import Category, CategoryTable  # noqa: E402
-from pfpn.runtime.postprocess import postprocess_single_image, to_panoptic_result  # noqa: E402
+from pfpn.runtime.fusion import postprocess_single_image  # noqa: E402
+from pfpn.runtime.result import to_panoptic_result  # noqa: E402
 from pfpn.runtime.preprocess import rescale_size  # noqa: E402
 
 
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         out = postprocess_single_image(**inputs)
         t1 = time.perf_counter()
-        to_panoptic_result(out, cats, inputs["scores"])
+        to_panoptic_result(out, cats)
         t2 = time.perf_counter()
-        for key, value in out.timings.items():
+        for key, value in out.part_seconds.items():
             parts.setdefault(key, []).append(value)
         parts.setdefault("boundary_pixels", []).append(out.boundary_pixels)
         parts.setdefault("to_panoptic_result", []).append(t2 - t1)

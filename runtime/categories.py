@@ -18,7 +18,7 @@ class Category:
 class CategoryTable:
     """Contiguous labels <-> COCO category ids.
 
-    SPEC: contiguous labels put things first (0..T-1) then stuff (T..T+S-1), each group in the
+    REFERENCE §8: contiguous labels put things first (0..T-1) then stuff (T..T+S-1), each group in the
     JSON's order. The model's VOID label is T+S (133 for COCO).
     """
 

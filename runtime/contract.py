@@ -3,7 +3,7 @@
 Read by ``export/`` (to build and describe the graph) and ``runtime/`` (to feed it and read
 its outputs and metadata). Torch-free.
 
-Input (the caller resizes with SPEC's rule and pads; everything else happens in the graph):
+Input (the caller resizes with REFERENCE §2's rule and pads; everything else happens in the graph):
 
 * ``images``: uint8 ``[B, H, W, 3]``, BGR, each image resized (keep ratio, OpenCV bilinear) and
   zero-padded at the bottom/right; ``H`` and ``W`` multiples of ``size_divisor`` (32).
@@ -68,6 +68,20 @@ DEPLOYMENT_SETTINGS = ("score_threshold", "max_detections", "mask_threshold", "m
                        "stuff_area_limit")
 
 
+@dataclass(frozen=True)
+class FusionConfig:
+    """The heuristic panoptic fusion's parameters (REFERENCE §5): one type for the
+    training config (``ModelConfig.fusion``), the model file (:attr:`ModelMetadata.fusion`) and
+    the three post-processings (PyTorch, numpy, GPU kernels). The defaults are REFERENCE §5's."""
+
+    # An instance is skipped when more than this fraction of its mask is already taken.
+    mask_overlap_threshold: float = 0.5
+    # Stuff segments with fewer pixels than this become VOID.
+    stuff_area_limit: int = 4096
+    # Kept instance k (1-based) is written as ``label + k * instance_offset``.
+    instance_offset: int = 1000
+
+
 def format_deployment_settings(settings: Mapping[str, float | int]) -> str:
     """``{"score_threshold": 0.3, ...}`` -> ``"score_threshold 0.3, ..."`` (one console line)."""
     return ", ".join(f"{name} {value:g}" for name, value in settings.items())
@@ -104,6 +118,13 @@ class ModelMetadata:
     INPUT_FORMAT = ("uint8 BGR NHWC, resized keeping aspect ratio (OpenCV INTER_LINEAR) to fit "
                     "max_long_side x max_short_side, zero-padded bottom/right to a multiple of size_divisor; "
                     "image_sizes int64 [B, 2] = (h, w) before padding")
+
+    @property
+    def fusion(self) -> FusionConfig:
+        """The fusion parameters this file was exported with (its keys ``mask_overlap_threshold``,
+        ``stuff_area_limit``, ``instance_offset``)."""
+        return FusionConfig(mask_overlap_threshold=self.mask_overlap_threshold,
+                            stuff_area_limit=self.stuff_area_limit, instance_offset=self.instance_offset)
 
     def deployment_settings(self) -> dict[str, float | int]:
         """The thresholds this file was exported with (:data:`DEPLOYMENT_SETTINGS`)."""

@@ -107,7 +107,7 @@ def _paste_exact(mask: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> np.ndarray
 
 def paste_mask_region(mask_prob: np.ndarray, box: np.ndarray, image_size: tuple[int, int],
                       threshold: float = 0.5) -> tuple[int, int, np.ndarray]:
-    """One mask pasted like ``training.model.postprocess.paste_masks``, confined to its region.
+    """One mask pasted like ``training.model.panoptic_fusion.paste_masks``, confined to its region.
 
     mask_prob: (M, M) probabilities; box: (4,) float32 in image pixels -> (y0, x0, bool (h, w))
     where the pasted mask is ``out[y0:y0 + h, x0:x0 + w]`` (False elsewhere)."""

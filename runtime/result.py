@@ -1,8 +1,11 @@
-"""The panoptic result returned by every predictor (PyTorch, ONNX Runtime, TensorRT).
+"""One image's result at its two levels, the same for every predictor (PyTorch, ONNX Runtime,
+OpenVINO, TensorRT) and every post-processing (PyTorch, numpy, GPU kernels):
 
-The model-level map (SPEC fusion steps 1-4) holds ``label + k * instance_offset`` for the k-th
-kept instance, stuff labels ``T..T+S-1`` and ``VOID = T + S``. The COCO form maps VOID to 0 and
-keeps every other value as the segment id (as the reference's COCO writer does).
+* :class:`PanopticMap`, the model level (REFERENCE §5 steps 1-4): the map holds ``label + k *
+  instance_offset`` for the k-th kept instance, stuff labels ``T..T+S-1`` and ``VOID = T + S``,
+  next to the detections behind it;
+* :class:`PanopticResult`, the COCO form (:func:`to_panoptic_result`): VOID becomes 0 and every
+  other value is kept as the segment id (as the reference's COCO writer does), with segments_info.
 """
 from __future__ import annotations
 
@@ -12,7 +15,55 @@ from typing import Sequence
 import numpy as np
 
 from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.contract import FusionConfig
 from pfpn.runtime.panoptic_io import VOID_ID
+
+
+@dataclass
+class SegmentTable:
+    """The COCO segments of a label map, found while fusing (the numpy post-processing) so that
+    :func:`to_panoptic_result` needs no pass over the pixels: one row per non-void segment, in
+    ascending id (as ``np.unique`` of the map gives them)."""
+
+    ids: np.ndarray  # (n,) int64 segment ids
+    areas: np.ndarray  # (n,) int64 pixel counts
+    bboxes: np.ndarray  # (n, 4) int64 tight [x, y, w, h]
+    codes: np.ndarray  # (H, W) compact per-pixel codes
+    code_ids: np.ndarray  # code -> COCO id (VOID -> 0)
+
+    def id_map(self) -> np.ndarray:
+        """(H, W) int64 COCO segment ids (VOID -> 0)."""
+        return np.take(self.code_ids, self.codes)
+
+
+@dataclass
+class PanopticMap:
+    """One image's model-level output (REFERENCE §5 steps 1-4), before COCO formatting.
+
+    ``label_map``: (H, W) int64, ``label + k * instance_offset`` for kept instance k (1-based,
+    in fusion order), stuff labels T..T+S-1, VOID = T + S. ``kept[k - 1]``: the detection (row of
+    ``boxes`` / ``scores`` / ``labels``, all N detections of the network) that became instance k.
+    """
+
+    label_map: np.ndarray
+    kept: list[int]
+    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2 in original-image pixels
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64 thing labels 0..T-1
+    instance_offset: int
+    segments: SegmentTable | None = None  # the numpy post-processing's segment table
+    part_seconds: dict[str, float] = field(default_factory=dict, repr=False)  # numpy post-processing, by part
+    boundary_pixels: int = 0  # numpy post-processing: pixels whose semantic label needed the full interpolation
+
+    @property
+    def kept_scores(self) -> np.ndarray:
+        """(K,) scores of the kept instances, instance k at ``k - 1``."""
+        return np.asarray(self.scores)[np.asarray(self.kept, dtype=np.int64)]
+
+    @property
+    def kept_labels(self) -> np.ndarray:
+        """(K,) thing labels of the kept instances."""
+        return np.asarray(self.labels)[np.asarray(self.kept, dtype=np.int64)]
 
 
 @dataclass
@@ -45,9 +96,21 @@ def segment_bboxes(inverse: np.ndarray, num_segments: int) -> np.ndarray:
     return np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1).astype(np.int64)
 
 
+def to_panoptic_result(panoptic: PanopticMap, categories: CategoryTable) -> PanopticResult:
+    """The COCO form of a model-level output: from its segment table when it has one (the same
+    as :func:`panoptic_result_from_label_map` without its ``np.unique`` over every pixel)."""
+    table = panoptic.segments
+    if table is None:
+        return panoptic_result_from_label_map(panoptic.label_map, categories, instance_scores=panoptic.kept_scores,
+                                              instance_offset=panoptic.instance_offset)
+    segments = segments_info(table.ids, table.areas, table.bboxes, categories, panoptic.kept_scores,
+                             panoptic.instance_offset)
+    return PanopticResult(id_map=table.id_map(), segments_info=segments)
+
+
 def panoptic_result_from_label_map(label_map: np.ndarray, categories: CategoryTable, *,
-                                   instance_scores: Sequence[float] = (), instance_offset: int = 1000
-                                   ) -> PanopticResult:
+                                   instance_scores: Sequence[float] | np.ndarray = (),
+                                   instance_offset: int = FusionConfig.instance_offset) -> PanopticResult:
     """Model-level map -> COCO ids + segments_info.
 
     label_map: (H, W) int; instance_scores[k - 1] is the score of kept instance k.

@@ -46,8 +46,11 @@ PYTRITON = "nvidia-pytriton==0.7.0"  # tritonserver 2.51 with the Python backend
 # The Python backend stub of that wheel reads and writes tensors through numpy 1.x's ABI: with
 # numpy 2 every tensor crossing it comes out empty or garbled (measured: a 5-element int64 output
 # "does not match size", uint8 inputs all 255). Its models therefore run in their own virtual
-# environment, SITE/venv, with the runtime's dependencies at numpy 1.x and this checkout on its path.
+# environment, SITE/venv, with the runtime's dependencies at numpy 1.x and this checkout installed
+# editable (``pip install --no-deps -e``: the import root ``pfpn`` is a mapping of the checkout's
+# folders, so a path entry would not do).
 STUB_PACKAGES = ("numpy==1.26.4", "onnxruntime==1.32.0", "opencv-python-headless==4.10.0.84")
+CHECKOUT_INSTALL = "pfpn: editable install of the checkout"  # recorded in the install stamp
 
 
 class TritonUnavailable(RuntimeError):
@@ -100,10 +103,10 @@ def find_triton(site: Path | None = None) -> TritonInstall:
 
 def install_triton(site: Path | None = None, *, quiet: bool = True) -> TritonInstall:
     """``pip install --no-deps --target SITE nvidia-pytriton`` and the models' virtual environment
-    SITE/venv (``STUB_PACKAGES``, this checkout on its path), unless already there -> TritonInstall."""
+    SITE/venv (``STUB_PACKAGES``, this checkout installed editable), unless already there -> TritonInstall."""
     site = site or site_dir()
     stamp = site / ".installed"
-    wanted = "\n".join((PYTRITON, *STUB_PACKAGES)) + "\n"
+    wanted = "\n".join((PYTRITON, *STUB_PACKAGES, CHECKOUT_INSTALL)) + "\n"
     if stamp.is_file() and stamp.read_text() == wanted:
         return find_triton(site)
     if site.exists():
@@ -112,13 +115,12 @@ def install_triton(site: Path | None = None, *, quiet: bool = True) -> TritonIns
     venv = site / "venv"
     steps = [[sys.executable, *pip, "--no-deps", "--target", str(site), PYTRITON],
              [sys.executable, "-m", "venv", str(venv)],
-             [str(venv / "bin" / "python"), *pip, *STUB_PACKAGES]]
+             [str(venv / "bin" / "python"), *pip, *STUB_PACKAGES],
+             [str(venv / "bin" / "python"), *pip, "--no-deps", "-e", str(ROOT)]]
     for cmd in steps:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise TritonUnavailable(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    (venv / "lib" / version / "site-packages" / "pfpn_checkout.pth").write_text(str(ROOT) + "\n")
     stamp.write_text(wanted)
     return find_triton(site)
 
@@ -137,7 +139,6 @@ def server_environment(install: TritonInstall, stub_python: str | os.PathLike | 
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p)
     python_dir = Path(stub_python).parent if stub_python else Path(sys.executable).parent
     env["PATH"] = os.pathsep.join((str(python_dir), env.get("PATH", "")))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 

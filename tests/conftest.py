@@ -1,4 +1,4 @@
-"""Shared fixtures. The repository root is put on sys.path so ``pytest`` works from a clone."""
+"""Shared fixtures (the project is imported as the installed `pfpn` package: make setup installs it editable)."""
 from __future__ import annotations
 
 import os

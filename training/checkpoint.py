@@ -8,7 +8,7 @@ Our format (``FORMAT``) is one dict saved with ``torch.save``::
      "schedule": {"iteration": int, "epoch": int, ...}, "rng": {...} | None}
 
 The published format is ``{"state_dict": ..., "meta": ...}`` whose tensor names are exactly our
-module names (see ``../shared/reference/mmdet_panoptic_fpn_r50_state_dict.txt``). Everything is
+module names (REFERENCE §11; the listing is ``tests/fixtures/mmdet_panoptic_fpn_r50_state_dict.txt``). Everything is
 loaded with ``torch.load(weights_only=True)``; any missing, unexpected or mis-shaped tensor is
 an error naming the tensors. Files are written atomically (temporary file + rename).
 """
@@ -113,7 +113,7 @@ def _check_state_dict(state_dict: Mapping[str, Any], model: nn.Module, path: str
 def infer_mmdet_model_config(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike = "<state_dict>"
                              ) -> ModelConfig:
     """The published model's config, read off its tensors: ResNet depth (blocks in layer3),
-    thing classes (fc_cls rows - 1) and stuff classes (semantic logits - 1); the rest is SPEC's."""
+    thing classes (fc_cls rows - 1) and stuff classes (semantic logits - 1); the rest is the reference's (REFERENCE §3)."""
     needed = ("roi_head.bbox_head.fc_cls.weight", "semantic_head.conv_logits.weight", "backbone.conv1.weight")
     absent = [k for k in needed if k not in state_dict]
     if absent:

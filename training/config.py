@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per component, composed by ``ModelConfig``.
 
-The defaults are the published R-50 1x model (``../shared/SPEC.md``); the presets at the
+The defaults are the published R-50 1x model (``runtime/REFERENCE.md``); the presets at the
 bottom change only what differs. Configs round-trip through plain dicts so checkpoints can
 carry them (``to_dict`` / ``from_dict``).
 """
@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pfpn.runtime.contract import FusionConfig  # the fusion's one parameter type, shared with the runtime
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -18,7 +20,7 @@ class BackboneConfig:
     # the small CPU config halves it).
     stem_channels: int = 64
     base_channels: int = 64
-    # Stem (0) and stages 1..k are frozen: weights and BatchNorm (SPEC: stem and stage 1).
+    # Stem (0) and stages 1..k are frozen: weights and BatchNorm (REFERENCE §3.1: stem and stage 1).
     frozen_stages: int = 1
     # BatchNorm statistics frozen (eval mode) even while training (mmdet ``norm_eval``).
     norm_eval: bool = True
@@ -27,6 +29,20 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class FPNConfig:
     out_channels: int = 256
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """A head's training targets (mmdet's MaxIoUAssigner + RandomSampler) and loss weights:
+    max-IoU assignment with these thresholds, then ``num_samples`` of which at most
+    ``positive_fraction`` positive."""
+    pos_iou_threshold: float
+    neg_iou_threshold: float
+    min_pos_iou: float
+    num_samples: int
+    positive_fraction: float
+    loss_cls_weight: float = 1.0
+    loss_box_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,14 +58,8 @@ class RPNConfig:
     nms_iou_threshold: float = 0.7
     # Proposals with width or height <= this are dropped (0: drop only empty boxes).
     min_box_size: float = 0.0
-    # Training targets (mmdet's RPN assigner / sampler).
-    pos_iou_threshold: float = 0.7
-    neg_iou_threshold: float = 0.3
-    min_pos_iou: float = 0.3
-    num_samples: int = 256
-    positive_fraction: float = 0.5
-    loss_cls_weight: float = 1.0
-    loss_box_weight: float = 1.0
+    targets: SamplingConfig = SamplingConfig(pos_iou_threshold=0.7, neg_iou_threshold=0.3, min_pos_iou=0.3,
+                                             num_samples=256, positive_fraction=0.5)
 
 
 @dataclass(frozen=True)
@@ -63,13 +73,8 @@ class BoxHeadConfig:
     score_threshold: float = 0.6
     nms_iou_threshold: float = 0.5
     max_detections: int = 100
-    # Training targets.
-    pos_iou_threshold: float = 0.5
-    neg_iou_threshold: float = 0.5
-    num_samples: int = 512
-    positive_fraction: float = 0.25
-    loss_cls_weight: float = 1.0
-    loss_box_weight: float = 1.0
+    targets: SamplingConfig = SamplingConfig(pos_iou_threshold=0.5, neg_iou_threshold=0.5, min_pos_iou=0.5,
+                                             num_samples=512, positive_fraction=0.25)
 
 
 @dataclass(frozen=True)
@@ -88,15 +93,6 @@ class SemanticHeadConfig:
     num_groups: int = 32
     loss_weight: float = 0.5
     ignore_index: int = 255
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    # An instance is skipped when more than this fraction of its mask is already taken.
-    mask_overlap_threshold: float = 0.5
-    # Stuff segments with fewer pixels than this become VOID.
-    stuff_area_limit: int = 4096
-    instance_offset: int = 1000
 
 
 @dataclass(frozen=True)
@@ -226,6 +222,11 @@ def _from_dict(cls: type, data: dict) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"expected a dict for {cls.__name__}, got {type(data).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
+    if "targets" in known and "targets" not in data:  # checkpoints saved before SamplingConfig: flat keys
+        flat = {f.name for f in dataclasses.fields(SamplingConfig)} & set(data)
+        default = dataclasses.asdict(known["targets"].default)
+        data = {**{k: v for k, v in data.items() if k not in flat},
+                "targets": {**default, **{k: data[k] for k in flat}}}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
@@ -250,6 +251,8 @@ _DATACLASS_FIELDS: dict[tuple[type, str], type] = {
     (ModelConfig, "semantic_head"): SemanticHeadConfig,
     (ModelConfig, "fusion"): FusionConfig,
     (ModelConfig, "input"): InputConfig,
+    (RPNConfig, "targets"): SamplingConfig,
+    (BoxHeadConfig, "targets"): SamplingConfig,
     (TrainConfig, "model"): ModelConfig,
     (TrainConfig, "solver"): SolverConfig,
     (TrainConfig, "data"): DataConfig,
@@ -293,10 +296,10 @@ def r101_fpn_ms3x() -> TrainConfig:
 def tiny_synthetic(num_thing_classes: int = 4, num_stuff_classes: int = 3) -> TrainConfig:
     """A small model that trains from scratch on the synthetic dataset on a 2-core CPU.
 
-    Departs from SPEC on purpose (speed on a CPU, no pretrained weights available):
+    Departs from the reference (runtime/REFERENCE.md) on purpose (speed on a CPU, no pretrained weights available):
     half-width ResNet-18, 64-channel FPN and heads, BatchNorm statistics trained (from scratch
     there is no pretrained statistic to freeze), 256x192 inputs, lighter sampling and a short
-    schedule. Inference rules (thresholds, NMS, fusion) are SPEC's, except the stuff area limit,
+    schedule. Inference rules (thresholds, NMS, fusion) are the reference's (REFERENCE §4-§5), except the stuff area limit,
     which is scaled with the image area (4096 px at 1333x800 ~ 190 px at 256x192).
     """
     model = ModelConfig(
@@ -306,7 +309,7 @@ def tiny_synthetic(num_thing_classes: int = 4, num_stuff_classes: int = 3) -> Tr
         fpn=FPNConfig(out_channels=64),
         rpn=RPNConfig(feat_channels=64, pre_nms_top_n_train=1000, post_nms_top_n_train=500,
                       pre_nms_top_n_test=500, post_nms_top_n_test=300),
-        box_head=BoxHeadConfig(fc_channels=256, num_samples=128),
+        box_head=BoxHeadConfig(fc_channels=256, targets=dataclasses.replace(BoxHeadConfig().targets, num_samples=128)),
         mask_head=MaskHeadConfig(num_convs=2, conv_channels=64),
         semantic_head=SemanticHeadConfig(inner_channels=64, num_groups=16),
         fusion=FusionConfig(stuff_area_limit=192),

@@ -6,17 +6,33 @@ all, things, stuff and per category, plus COCO panoptic predictions (PNGs + JSON
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-
 
 import torch
 
 from pfpn.training.checkpoint import CheckpointError
 from pfpn.training.data.coco_panoptic import CocoPanopticDataset
-from pfpn.training.evaluation.evaluate import evaluate
+from pfpn.training.evaluation.evaluate_dataset import Evaluation, evaluate
 from pfpn.training.evaluation.pq import format_pq_table
 from pfpn.training.predictor import PanopticPredictor
+
+
+def evaluate_checkpoint(*, ckpt: str | os.PathLike, data_root: str | os.PathLike, out: str | os.PathLike,
+                        split: str = "val", max_images: int | None = None, threads: int | None = None,
+                        device: str = "cpu", progress: bool = True) -> Evaluation:
+    """PQ of the checkpoint ``ckpt`` on ``split`` of the COCO panoptic dataset at ``data_root``,
+    predictions written under ``out``. Raises FileNotFoundError, ValueError (also for a checkpoint
+    whose categories differ from the dataset's) or CheckpointError before anything is written."""
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = CocoPanopticDataset(data_root, split)
+    # published checkpoints carry no category ids: they get the dataset's
+    predictor = PanopticPredictor.from_checkpoint(ckpt, categories=dataset.categories, device=device)
+    if [c.id for c in predictor.categories.by_label] != [c.id for c in dataset.categories.by_label]:
+        raise ValueError("the checkpoint's categories differ from the dataset's")
+    return evaluate(predictor, dataset, out, max_images=max_images, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,19 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-category", action="store_true", help="also print one row per category")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        dataset = CocoPanopticDataset(args.data_root, args.split)
-        # published checkpoints carry no category ids: they get the dataset's
-        predictor = PanopticPredictor.from_checkpoint(args.ckpt, categories=dataset.categories, device=args.device)
+        result = evaluate_checkpoint(ckpt=args.ckpt, data_root=args.data_root, out=args.out, split=args.split,
+                                     max_images=args.max_images, threads=args.threads, device=args.device,
+                                     progress=not args.no_progress)
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if [c.id for c in predictor.categories.by_label] != [c.id for c in dataset.categories.by_label]:
-        print("error: the checkpoint's categories differ from the dataset's", file=sys.stderr)
-        return 2
-    result = evaluate(predictor, dataset, args.out, max_images=args.max_images, progress=not args.no_progress)
     print(format_pq_table(result.pq, per_category=args.per_category))
     print(f"{result.num_images} images, {result.seconds_per_image * 1000:.0f} ms/image; "
           f"predictions in {result.pred_json}, PQ in {Path(args.out) / 'pq.json'}")

@@ -11,8 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-
-from pfpn.training.data.synthetic import generate_synthetic_panoptic  # noqa: E402
+from pfpn.training.data.synthetic import generate_synthetic_panoptic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,27 +40,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.num_train < 0 or args.num_val < 0:
-        print("error: --num-train and --num-val must be >= 0", file=sys.stderr)
-        return 2
-    if args.height < 8 or args.width < 8:
-        print("error: --height and --width must be >= 8", file=sys.stderr)
-        return 2
-    existing = sorted((args.root / "annotations").glob("panoptic_*2017.json"))
-    if existing and not args.overwrite:
-        print(f"error: {existing[0]} already exists; pass --overwrite to replace the dataset",
-              file=sys.stderr)
-        return 1
+def make_synthetic(*, root: str | Path = Path("data/synthetic"), num_train: int = 500, num_val: int = 100,
+                   height: int = 192, width: int = 256, seed: int = 0, overwrite: bool = False,
+                   no_progress: bool = False):
+    """Write the dataset (the command line's flags as keywords, same defaults) and print one line
+    per split. -> the ``generate_synthetic_panoptic`` result. Raises ValueError for bad sizes or
+    counts, FileExistsError when ``root`` holds a dataset and ``overwrite`` is False."""
+    root = Path(root)
+    if num_train < 0 or num_val < 0:
+        raise ValueError("--num-train and --num-val must be >= 0")
+    if height < 8 or width < 8:
+        raise ValueError("--height and --width must be >= 8")
+    existing = sorted((root / "annotations").glob("panoptic_*2017.json"))
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass --overwrite to replace the dataset")
     t0 = time.perf_counter()
-    ds = generate_synthetic_panoptic(args.root, num_train=args.num_train, num_val=args.num_val,
-                                     height=args.height, width=args.width, seed=args.seed,
-                                     progress=not args.no_progress)
+    ds = generate_synthetic_panoptic(root, num_train=num_train, num_val=num_val, height=height, width=width,
+                                     seed=seed, progress=not no_progress)
     dt = time.perf_counter() - t0
     for s in ds.splits.values():
         print(f"{s.name}: {s.num_images} images, {s.num_segments} segments -> {s.json_path}")
     print(f"done in {dt:.1f} s")
+    return ds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        make_synthetic(**vars(args))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,35 +1,34 @@
-"""The PyTorch predictor: BGR image -> panoptic result, exactly as SPEC (and the reference).
+"""The PyTorch predictor: BGR image -> panoptic result, exactly as REFERENCE §2-§5 (and the reference implementation).
 
 Pre-processing: BGR -> RGB, keep-ratio resize (OpenCV bilinear), (x - mean) / std, zero padding
 to a multiple of 32. Post-processing: boxes back to the original image (divided by the per-axis
 factors new_w / w, new_h / h), masks pasted at original resolution, semantic logits upsampled,
-heuristic fusion (``training/model/postprocess.py``).
+heuristic fusion (``training/model/panoptic_fusion.py``). The results are the runtime's types
+(``runtime/result.py``: PanopticMap, PanopticResult; ``runtime/predictor.py``: Timings), and the
+methods those of ``runtime.Predictor``.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pfpn.runtime.images import load_image
 from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.images import load_image
+from pfpn.runtime.predictor import Timings
 from pfpn.runtime.preprocess import resize_image
-from pfpn.runtime.result import PanopticResult, panoptic_result_from_label_map
+from pfpn.runtime.result import PanopticMap, PanopticResult, to_panoptic_result
 from pfpn.training.config import ModelConfig
 from pfpn.training.model.panoptic_fpn import Detections, PanopticFPN
-from pfpn.training.model.postprocess import heuristic_fusion, paste_masks, upsample_semantic_logits
+from pfpn.training.model.panoptic_fusion import heuristic_fusion, paste_masks, upsample_semantic_logits
 from pfpn.training.preprocess import normalize_and_pad
 
-
-@dataclass
-class LabelMapPrediction:
-    label_map: Tensor  # (H, W) int64: label + k * offset for instance k, stuff labels, VOID
-    detections: Detections  # boxes in original-image pixels
-    masks: Tensor  # (N, H, W) bool pasted masks
-    kept: list[int]  # kept[k - 1]: the detection that became instance k
+ImageInput = np.ndarray | str | os.PathLike  # (H, W, 3) uint8 BGR array or an image path
 
 
 @dataclass
@@ -38,12 +37,6 @@ class PreparedBatch:
     image_sizes: list[tuple[int, int]]  # resized (h, w)
     original_sizes: list[tuple[int, int]]  # (H, W)
     scale_factors: list[tuple[float, float]]  # (new_w / W, new_h / H)
-
-
-def load_bgr(image: np.ndarray | str | os.PathLike) -> np.ndarray:
-    """An image path or (H, W, 3) uint8 BGR array -> the array, checked; the runtime's own reader
-    (``runtime.images.load_image``), so both predictors accept and refuse the same inputs."""
-    return load_image(image)
 
 
 class PanopticPredictor:
@@ -77,46 +70,60 @@ class PanopticPredictor:
         batch = normalize_and_pad(tensors, inp.mean, inp.std, inp.size_divisor)
         return PreparedBatch(batch.to(self.device), sizes, originals, factors)
 
-    @torch.no_grad()
-    def predict_label_maps(self, images: list[np.ndarray | str | os.PathLike]) -> list[LabelMapPrediction]:
-        """Model-level maps (SPEC fusion steps 1-4) with the detections behind them."""
-        bgr = [load_bgr(im) for im in images]
-        batch = self.prepare(bgr)
-        raw = self.model(batch.images, batch.image_sizes)
-        padded = tuple(batch.images.shape[-2:])
-        return [label_map_single_image(det, raw.semantic_logits[i], self.config, padded_size=padded,
-                                       resized_size=batch.image_sizes[i], original_size=batch.original_sizes[i],
-                                       scale_factor=batch.scale_factors[i])
-                for i, det in enumerate(raw.detections)]
-
-    def predict_batch(self, images: list[np.ndarray | str | os.PathLike]) -> list[PanopticResult]:
-        results = []
-        for p in self.predict_label_maps(images):
-            scores = p.detections.scores[p.kept].tolist()
-            results.append(panoptic_result_from_label_map(p.label_map.cpu().numpy(), self.categories,
-                                                          instance_scores=scores,
-                                                          instance_offset=self.config.fusion.instance_offset))
-        return results
-
-    def predict(self, image: np.ndarray | str | os.PathLike) -> PanopticResult:
+    def predict(self, image: ImageInput) -> PanopticResult:
         """image: (H, W, 3) uint8 BGR array or an image path."""
-        return self.predict_batch([image])[0]
+        return self.predict_detailed([image])[0][0]
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[PanopticResult]:
+        return [result for result, _, _ in self.predict_detailed(images)]
+
+    def predict_timed(self, image: ImageInput) -> tuple[PanopticResult, Timings]:
+        """One image -> (its PanopticResult, seconds spent in pre-processing (reading, resizing,
+        normalising), the network and the post-processing (pasting, fusion, COCO formatting))."""
+        result, _, timings = self.predict_detailed([image])[0]
+        return result, timings
+
+    def predict_maps(self, images: Sequence[ImageInput]) -> list[PanopticMap]:
+        """Model-level maps (REFERENCE §5 steps 1-4) with the detections behind them."""
+        return [panoptic for _, panoptic, _ in self.predict_detailed(images)]
+
+    @torch.no_grad()
+    def predict_detailed(self, images: Sequence[ImageInput]) -> list[tuple[PanopticResult, PanopticMap, Timings]]:
+        """All images in one network call -> per image (PanopticResult, PanopticMap, Timings); the
+        pre-processing and network seconds are shared equally by the images."""
+        t0 = time.perf_counter()
+        batch = self.prepare([load_image(im) for im in images])
+        t1 = time.perf_counter()
+        raw = self.model(batch.images, batch.image_sizes)
+        t2 = time.perf_counter()
+        padded = tuple(batch.images.shape[-2:])
+        out = []
+        for i, det in enumerate(raw.detections):
+            t_start = time.perf_counter()
+            panoptic = label_map_single_image(det, raw.semantic_logits[i], self.config, padded_size=padded,
+                                              resized_size=batch.image_sizes[i], original_size=batch.original_sizes[i],
+                                              scale_factor=batch.scale_factors[i])
+            result = to_panoptic_result(panoptic, self.categories)
+            timings = Timings(preprocess=(t1 - t0) / len(images), network=(t2 - t1) / len(images),
+                              postprocess=time.perf_counter() - t_start, images=1)
+            out.append((result, panoptic, timings))
+        return out
 
 
 def label_map_single_image(det: Detections, semantic_logits: Tensor, config: ModelConfig, *,
                            padded_size: tuple[int, int], resized_size: tuple[int, int],
-                           original_size: tuple[int, int], scale_factor: tuple[float, float]) -> LabelMapPrediction:
+                           original_size: tuple[int, int], scale_factor: tuple[float, float]) -> PanopticMap:
     """Raw outputs of one image (boxes in resized pixels, 28x28 probabilities, stride-4 logits
-    (K, H_pad / 4, W_pad / 4)) -> the model-level panoptic map: boxes back to the original image,
-    masks pasted, logits upsampled, heuristic fusion (SPEC)."""
+    (K, H_pad / 4, W_pad / 4)) -> the model-level panoptic map (on the host): boxes back to the
+    original image, masks pasted, logits upsampled, heuristic fusion (REFERENCE §5)."""
     sx, sy = scale_factor
     # Reference: boxes /= float32 tensor of (w_scale, h_scale, w_scale, h_scale).
     boxes = det.boxes / det.boxes.new_tensor([sx, sy, sx, sy])
     masks = paste_masks(det.mask_probs, boxes, original_size, config.mask_head.mask_threshold)
     logits = upsample_semantic_logits(semantic_logits, padded_size=padded_size, resized_size=resized_size,
                                       original_size=original_size)
-    fusion = config.fusion
     pan, kept = heuristic_fusion(masks, det.labels, det.scores, logits, num_thing_classes=config.num_thing_classes,
-                                 mask_overlap_threshold=fusion.mask_overlap_threshold,
-                                 stuff_area_limit=fusion.stuff_area_limit, instance_offset=fusion.instance_offset)
-    return LabelMapPrediction(pan, Detections(boxes, det.scores, det.labels, det.mask_probs), masks, kept)
+                                 fusion=config.fusion)
+    return PanopticMap(label_map=pan.cpu().numpy(), kept=kept, boxes=boxes.cpu().numpy(),
+                       scores=det.scores.cpu().numpy(), labels=det.labels.cpu().numpy(),
+                       instance_offset=config.fusion.instance_offset)

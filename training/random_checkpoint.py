@@ -13,11 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-
 import torch
 
-from pfpn.runtime.categories import coco_panoptic_categories
-from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.categories import CategoryTable, coco_panoptic_categories
 from pfpn.training.checkpoint import save_mmdet_checkpoint
 from pfpn.training.config import PRESETS
 from pfpn.training.model.panoptic_fpn import PanopticFPN, build_model
@@ -32,6 +30,17 @@ def make_firing(model: PanopticFPN) -> PanopticFPN:
     return model
 
 
+def random_checkpoint(*, out: str | Path, config: str = "r50_fpn_1x", seed: int = 0, firing: bool = False) -> Path:
+    """Write a random ``config`` model (initialised from ``seed``; ``firing``: :func:`make_firing`)
+    to ``out`` in the published layout with the COCO panoptic classes. -> ``out``."""
+    torch.manual_seed(seed)
+    model = build_model(PRESETS[config]().model).eval()
+    if firing:
+        make_firing(model)
+    save_mmdet_checkpoint(out, model, CategoryTable(coco_panoptic_categories()))
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=[k for k in PRESETS if k != "tiny_synthetic"], default="r50_fpn_1x",
@@ -39,13 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output .pth path")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed")
     p.add_argument("--firing", action="store_true", help="bias the heads so that the model detects")
-    args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
-    model = build_model(PRESETS[args.config]().model).eval()
-    if args.firing:
-        make_firing(model)
-    save_mmdet_checkpoint(args.out, model, CategoryTable(coco_panoptic_categories()))
-    print(f"wrote {args.out}")
+    print(f"wrote {random_checkpoint(**vars(p.parse_args(argv)))}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedule (SPEC): linear warm-up from ``warmup_ratio`` over ``warmup_iters``
+"""Learning-rate schedule (REFERENCE §10): linear warm-up from ``warmup_ratio`` over ``warmup_iters``
 iterations, then x``gamma`` at each step epoch."""
 from __future__ import annotations
 

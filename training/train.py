@@ -68,19 +68,21 @@ def batch_indices(iteration: int, *, num_images: int, batch_size: int, seed: int
     return [int(i) for i in global_batch[dist_info.rank::dist_info.world_size]]
 
 
-def build_config(args: argparse.Namespace, dataset: CocoPanopticDataset) -> TrainConfig:
-    config = PRESETS[args.config]()
+def build_config(preset: str, dataset: CocoPanopticDataset, *, batch_size: int | None = None,
+                 lr: float | None = None, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+    """The preset for the dataset's classes, with the given solver settings (None keeps the preset's)."""
+    config = PRESETS[preset]()
     cats = dataset.categories
     model = dataclasses.replace(config.model, num_thing_classes=cats.num_things, num_stuff_classes=cats.num_stuff)
     solver = config.solver
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("base_lr", args.lr),
-                                   ("max_epochs", args.epochs)) if v is not None}
-    if args.epochs is not None and args.epochs != config.solver.max_epochs:
+    overrides = {k: v for k, v in (("batch_size", batch_size), ("base_lr", lr), ("max_epochs", epochs))
+                 if v is not None}
+    if epochs is not None and epochs != config.solver.max_epochs:
         # keep the steps at the same fractions of the schedule
-        f = args.epochs / config.solver.max_epochs
+        f = epochs / config.solver.max_epochs
         overrides["lr_step_epochs"] = tuple(max(1, round(s * f)) for s in config.solver.lr_step_epochs)
     solver = dataclasses.replace(solver, **overrides)
-    return dataclasses.replace(config, model=model, solver=solver, seed=args.seed)
+    return dataclasses.replace(config, model=model, solver=solver, seed=seed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,54 +111,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    dist_info = init_distributed(args.device)
-    device = torch.device(f"cuda:{dist_info.local_rank}" if args.device.startswith("cuda") else "cpu")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // dist_info.world_size)
+class TrainingError(RuntimeError):
+    """A run that cannot start: no dataset, nothing to resume from, a batch that does not split."""
+
+
+def train(*, data_root: str | Path, work_dir: str | Path, config: str = "tiny_synthetic", epochs: int | None = None,
+          max_iters: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
+          checkpoint_every: int = 200, resume: str | None = None, threads: int | None = None, device: str = "cpu",
+          log_every: int = 10, no_progress: bool = False, progress_lines: bool = False) -> Path:
+    """Train (the command line's flags as keywords, same defaults; ``resume=""`` is WORK_DIR/latest.pt).
+    -> the last checkpoint written (final.pt at the end of the schedule, else latest.pt).
+    Raises TrainingError when the run cannot start."""
+    dist_info = init_distributed(device)
+    torch_device = torch.device(f"cuda:{dist_info.local_rank}" if device.startswith("cuda") else "cpu")
+    threads = threads or max(1, (os.cpu_count() or 1) // dist_info.world_size)
     torch.set_num_threads(threads)
-    work_dir = Path(args.work_dir)
+    work_dir = Path(work_dir)
 
     try:
-        dataset = CocoPanopticDataset(args.data_root, "train")
+        dataset = CocoPanopticDataset(data_root, "train")
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise TrainingError(str(e)) from None
 
     start_iter = 0
     resume_ckpt = None
-    if args.resume is not None:
-        path = Path(args.resume) if args.resume else work_dir / "latest.pt"
+    if resume is not None:
+        path = Path(resume) if resume else work_dir / "latest.pt"
         try:
             resume_ckpt = load_checkpoint(path)
         except CheckpointError as e:
-            print(f"error: cannot resume: {e}", file=sys.stderr)
-            return 2
+            raise TrainingError(f"cannot resume: {e}") from None
         if resume_ckpt.source != "native" or not resume_ckpt.schedule:
-            print(f"error: cannot resume from {path}: it holds no training state", file=sys.stderr)
-            return 2
-        config = resume_ckpt.config
+            raise TrainingError(f"cannot resume from {path}: it holds no training state")
+        train_config = resume_ckpt.config
         start_iter = int(resume_ckpt.schedule["iteration"])
     else:
-        config = build_config(args, dataset)
+        train_config = build_config(config, dataset, batch_size=batch_size, lr=lr, epochs=epochs, seed=seed)
 
-    solver = config.solver
+    solver = train_config.solver
     if solver.batch_size % dist_info.world_size:
-        print(f"error: batch size {solver.batch_size} is not divisible by {dist_info.world_size} processes",
-              file=sys.stderr)
-        return 2
+        raise TrainingError(f"batch size {solver.batch_size} is not divisible by {dist_info.world_size} processes")
     iters_per_epoch = len(dataset) // solver.batch_size
     if iters_per_epoch == 0:
-        print(f"error: {len(dataset)} training images is fewer than one batch of {solver.batch_size}", file=sys.stderr)
-        return 2
+        raise TrainingError(f"{len(dataset)} training images is fewer than one batch of {solver.batch_size}")
     total_iters = iters_per_epoch * solver.max_epochs
-    stop_iter = min(total_iters, args.max_iters) if args.max_iters is not None else total_iters
+    stop_iter = min(total_iters, max_iters) if max_iters is not None else total_iters
 
-    torch.manual_seed(config.seed)
-    model: PanopticFPN = build_model(config.model)
+    torch.manual_seed(train_config.seed)
+    model: PanopticFPN = build_model(train_config.model)
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt.state_dict)
-    model.to(device).train()
+    model.to(torch_device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
     if resume_ckpt is not None and resume_ckpt.optimizer is not None:
@@ -164,44 +169,44 @@ def main(argv: list[str] | None = None) -> int:
     net: torch.nn.Module = model
     if dist_info.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
 
-    transform = TrainTransform(max_long=config.model.input.max_long_side,
-                               short_side_range=config.data.train_short_side_range,
-                               flip_prob=config.data.flip_prob)
+    transform = TrainTransform(max_long=train_config.model.input.max_long_side,
+                               short_side_range=train_config.data.train_short_side_range,
+                               flip_prob=train_config.data.flip_prob)
     log_path = work_dir / "log.jsonl"
     if dist_info.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-        print(f"training {args.config if resume_ckpt is None else 'resumed'}: {len(dataset)} images, "
+        (work_dir / "config.json").write_text(json.dumps(dataclasses.asdict(train_config), indent=2))
+        print(f"training {config if resume_ckpt is None else 'resumed'}: {len(dataset)} images, "
               f"{iters_per_epoch} it/epoch, iterations {start_iter}..{stop_iter} of {total_iters}, "
               f"{dist_info.world_size} process(es) x {threads} thread(s)", flush=True)
     bar = tqdm(total=stop_iter, initial=start_iter,
-               disable=not dist_info.is_main or args.no_progress or args.progress_lines,
+               disable=not dist_info.is_main or no_progress or progress_lines,
                dynamic_ncols=True, desc="train")
 
     def save(name: str, iteration: int) -> None:
         if dist_info.is_main:
-            save_checkpoint(work_dir / name, model=model, config=config, categories=dataset.categories,
+            save_checkpoint(work_dir / name, model=model, config=train_config, categories=dataset.categories,
                             optimizer=optimizer, schedule={"iteration": iteration, "total_iters": total_iters,
                                                            "iters_per_epoch": iters_per_epoch})
 
     t_start = time.time()
     for it in range(start_iter, stop_iter):
         epoch = it // iters_per_epoch
-        lr = learning_rate(solver, it, iters_per_epoch)
+        step_lr = learning_rate(solver, it, iters_per_epoch)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = step_lr
         samples = []
-        for idx in batch_indices(it, num_images=len(dataset), batch_size=solver.batch_size, seed=config.seed,
+        for idx in batch_indices(it, num_images=len(dataset), batch_size=solver.batch_size, seed=train_config.seed,
                                  dist_info=dist_info):
-            rng = np.random.default_rng([config.seed, epoch, idx])
+            rng = np.random.default_rng([train_config.seed, epoch, idx])
             samples.append(transform(dataset[idx], rng))
-        images, sizes, targets = collate_train(samples, config.model.input)
-        images = images.to(device)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        model.generator = torch.Generator(device=device).manual_seed(
-            (config.seed * 1_000_003 + it) * 64 + dist_info.rank)
+        images, sizes, targets = collate_train(samples, train_config.model.input)
+        images = images.to(torch_device)
+        targets = [{k: v.to(torch_device) for k, v in t.items()} for t in targets]
+        model.generator = torch.Generator(device=torch_device).manual_seed(
+            (train_config.seed * 1_000_003 + it) * 64 + dist_info.rank)
         losses = net(images, sizes, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -213,23 +218,23 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
 
         done = it + 1
-        if done % args.log_every == 0 or done == stop_iter:
+        if done % log_every == 0 or done == stop_iter:
             values = torch.stack([v.detach() for v in losses.values()])
             if dist_info.world_size > 1:
                 dist.all_reduce(values)
                 values /= dist_info.world_size
-            record = {"iter": done, "epoch": epoch, "lr": lr, "loss": float(values.sum()),
+            record = {"iter": done, "epoch": epoch, "lr": step_lr, "loss": float(values.sum()),
                       **{k: float(v) for k, v in zip(losses, values)}, "time": time.time() - t_start}
             if dist_info.is_main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.4f}")
-                if args.no_progress or args.progress_lines:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{step_lr:.4f}")
+                if no_progress or progress_lines:
                     print(json.dumps(record), flush=True)
         bar.update(1)
-        if args.progress_lines and dist_info.is_main:
+        if progress_lines and dist_info.is_main:
             print(progress_line(done, stop_iter, loss=float(loss.detach())), flush=True)
-        if done % args.checkpoint_every == 0 and done < stop_iter:
+        if done % checkpoint_every == 0 and done < stop_iter:
             save("latest.pt", done)
     bar.close()
     save("latest.pt", stop_iter)
@@ -240,6 +245,15 @@ def main(argv: list[str] | None = None) -> int:
               f"checkpoint {work_dir / ('final.pt' if stop_iter == total_iters else 'latest.pt')}", flush=True)
     if dist_info.world_size > 1:
         dist.destroy_process_group()
+    return work_dir / ("final.pt" if stop_iter == total_iters else "latest.pt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(**vars(parse_args(argv)))
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

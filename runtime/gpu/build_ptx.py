@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from pfpn.runtime.gpu.launcher import MANIFEST_NAME, PTX_DIR  # noqa: E402
-from pfpn.runtime.gpu.postprocess import KERNEL_SPECS, KernelSpec  # noqa: E402
-from pfpn.runtime.gpu.triton_aot import TENSORRT10_TARGETS, compile_ptx, ptx_isa_for  # noqa: E402
+from pfpn.runtime.gpu.device_fusion import KERNEL_SPECS, KernelSpec
+from pfpn.runtime.gpu.launcher import MANIFEST_NAME, PTX_DIR
+from pfpn.runtime.gpu.triton_aot import TENSORRT10_TARGETS, compile_ptx, ptx_isa_for
 
 DEFAULT_ARCHS = (75,)
 KERNELS_SOURCE = Path(__file__).resolve().parent / "kernels.py"
@@ -44,7 +41,7 @@ def specs_sha256() -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def compile_kernel(spec: KernelSpec, arch: int, ptx_isa: int | None = None) -> tuple[str, dict]:
+def compile_spec(spec: KernelSpec, arch: int, ptx_isa: int | None = None) -> tuple[str, dict]:
     """-> (PTX text, manifest entry) for one kernel and target. Needs triton, no GPU."""
     from pfpn.runtime.gpu import kernels
 
@@ -71,8 +68,10 @@ def compile_kernel(spec: KernelSpec, arch: int, ptx_isa: int | None = None) -> t
     return kernel.ptx, info
 
 
-def build(archs=DEFAULT_ARCHS, out_dir: Path | str = PTX_DIR, ptx_isa: int | None = None,
-          verbose: bool = True) -> dict:
+def build_ptx(*, archs: tuple[int, ...] = DEFAULT_ARCHS, out_dir: Path | str = PTX_DIR, ptx_isa: int | None = None,
+              verbose: bool = True) -> dict:
+    """Compile every kernel for each of ``archs``, write the PTX files and the manifest into
+    ``out_dir`` (a previous build's PTX removed) -> the manifest."""
     import triton
 
     out_dir = Path(out_dir)
@@ -82,7 +81,7 @@ def build(archs=DEFAULT_ARCHS, out_dir: Path | str = PTX_DIR, ptx_isa: int | Non
     entries = []
     for arch in archs:
         for spec in KERNEL_SPECS:
-            ptx, info = compile_kernel(spec, int(arch), ptx_isa)
+            ptx, info = compile_spec(spec, int(arch), ptx_isa)
             (out_dir / info["file"]).write_text(ptx)
             entries.append(info)
             if verbose:
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the target's minimum)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
-    build(tuple(args.arch), args.out_dir, args.ptx_isa, verbose=not args.quiet)
+    build_ptx(archs=tuple(args.arch), out_dir=args.out_dir, ptx_isa=args.ptx_isa, verbose=not args.quiet)
     return 0
 
 

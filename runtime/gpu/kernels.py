@@ -1,11 +1,11 @@
 """Triton source of the GPU post-processing kernels (mask pasting + panoptic fusion + semantic
 argmax), compiled ahead of time to PTX by ``runtime/gpu/build_ptx.py`` and launched without
-Triton or PyTorch by ``runtime/gpu/launcher.py`` / ``runtime/gpu/postprocess.py``.
+Triton or PyTorch by ``runtime/gpu/launcher.py`` / ``runtime/gpu/device_fusion.py``.
 
 Imported only by the PTX build tool and by tests (which also run these same kernels on the CPU
 with ``TRITON_INTERPRET=1``). Never imported by the runtime: it needs Triton.
 
-Semantics are those of ``training/model/postprocess.py`` + ``training/predictor.py``
+Semantics are those of ``training/model/panoptic_fusion.py`` + ``training/predictor.py``
 (``label_map_single_image``), operation by operation and in float32, *including the rounding of
 the PyTorch CPU kernels of the reference*: the reference's torch build contracts
 ``a * b + c`` into fused multiply-adds inside ``grid_sample`` and ``upsample_bilinear2d`` (GCC

@@ -29,7 +29,7 @@ PTX_DIR = Path(__file__).resolve().parent / "ptx"
 MANIFEST_NAME = "manifest.json"
 
 # Triton signature type -> ctypes type of the kernel parameter
-_SCALAR_CTYPES = {
+SCALAR_CTYPES = {
     "i1": ctypes.c_int8, "i8": ctypes.c_int8, "i16": ctypes.c_int16, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
     "u1": ctypes.c_uint8, "u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "u32": ctypes.c_uint32,
     "u64": ctypes.c_uint64, "fp32": ctypes.c_float, "f32": ctypes.c_float, "fp64": ctypes.c_double,
@@ -162,7 +162,7 @@ class KernelModule:
             elif ptype.startswith("*"):
                 values.append(ctypes.c_uint64(int(next(it))))
             else:
-                values.append(_SCALAR_CTYPES[ptype](next(it)))
+                values.append(SCALAR_CTYPES[ptype](next(it)))
         array = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
         return PreparedLaunch(name, self._functions[name], (gx, gy, gz), 32 * info.num_warps, info.shared, values,
                               array)

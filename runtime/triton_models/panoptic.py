@@ -7,7 +7,7 @@ Per request: input ``IMAGE`` (uint8 vector: the bytes of an encoded image) or ``
 vector: the id map as a COCO panoptic PNG).
 
 Batching: the dynamic batcher hands ``execute`` the requests that arrived together (ragged:
-every image has its own size). They are decoded and resized with SPEC's rule, grouped by the
+every image has its own size). They are decoded and resized with REFERENCE §2's rule, grouped by the
 padded canvas they need (multiples of 32), and each group is one call of the network model
 (a BLS request with the group as its batch): what ``runtime.Predictor.predict_batch`` computes
 for those images, pixel for pixel. A request that fails (not an image, wrong dtype, ...) gets
@@ -22,8 +22,9 @@ from pfpn.runtime.contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
 from pfpn.runtime.images import check_image, decode_image
 from pfpn.runtime.categories import CategoryTable
 from pfpn.runtime.panoptic_io import encode_panoptic_png
-from pfpn.runtime.predictor import prediction_single_image
-from pfpn.runtime.preprocess import pad_batch, resize_image
+from pfpn.runtime.predictor import panoptic_map_single_image
+from pfpn.runtime.preprocess import pad_batch, padded_size, resize_image
+from pfpn.runtime.result import to_panoptic_result
 
 
 def request_image(request, name: str) -> np.ndarray:
@@ -58,7 +59,7 @@ class TritonPythonModel:
             try:
                 image = request_image(request, f"request {request.request_id() or i}")
                 resized, factor = resize_image(image, meta.max_long_side, meta.max_short_side)
-                canvas = tuple(-(-s // meta.size_divisor) * meta.size_divisor for s in resized.shape[:2])
+                canvas = padded_size(*resized.shape[:2], meta.size_divisor)
                 groups.setdefault(canvas, []).append((i, image, resized, factor))
             except Exception as e:  # one bad request does not fail the batch
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
@@ -67,9 +68,9 @@ class TritonPythonModel:
                 batch, sizes = pad_batch([m[2] for m in members], meta.size_divisor)
                 outputs = self._network(batch, sizes)
                 for k, (i, image, _, factor) in enumerate(members):
-                    pred = prediction_single_image(outputs, k, original_size=image.shape[:2], resized_size=sizes[k],
-                                                   scale_factor=factor, metadata=meta, categories=self.categories)
-                    responses[i] = self._response(requests[i], pred.result)
+                    panoptic = panoptic_map_single_image(outputs, k, original_size=image.shape[:2],
+                                                         resized_size=sizes[k], scale_factor=factor, metadata=meta)
+                    responses[i] = self._response(requests[i], to_panoptic_result(panoptic, self.categories))
             except Exception as e:
                 for i, *_ in members:
                     responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))

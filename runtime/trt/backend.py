@@ -14,28 +14,19 @@ RuntimeError with a one-line reason.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from pfpn.runtime.contract import MASK_SIZE
-
-
-@dataclass
-class DeviceLabelMap:
-    """What the GPU path returns per image."""
-
-    label_map: np.ndarray  # (H, W) int32 model-level labels
-    kept: np.ndarray  # (K,) int32: kept[k - 1] = detection row that became instance k
-    boxes: np.ndarray  # (N, 4) float32 resized-input pixels
-    scores: np.ndarray  # (N,)
-    labels: np.ndarray  # (N,)
+from pfpn.runtime.result import PanopticMap
 
 
 class TensorRTBackend:
+    thread_safe = False  # one execution context and stream: the Predictor serialises the calls
+
     def __init__(self, path: str | os.PathLike, *, device: int = 0, postprocess: str = "auto") -> None:
-        from pfpn.runtime.gpu.postprocess import open_gpu_postprocessor
+        from pfpn.runtime.gpu.device_fusion import open_gpu_postprocessor
         from pfpn.runtime.trt.runner import TrtRunner
 
         self.runner = TrtRunner(path, device=device)
@@ -50,11 +41,12 @@ class TensorRTBackend:
         return result
 
     def run_panoptic(self, images: np.ndarray, image_sizes: np.ndarray, original_sizes: Sequence[tuple[int, int]],
-                     scale_factors: Sequence[tuple[float, float]]) -> list[DeviceLabelMap]:
-        """Network + GPU post-processing; nothing but the results leaves the device."""
+                     scale_factors: Sequence[tuple[float, float]]) -> list[PanopticMap]:
+        """Network + GPU post-processing; nothing but the results leaves the device (the label
+        map, the kept list and the small detection arrays)."""
         if self.gpu_post is None:
             raise RuntimeError("this backend has no GPU post-processing (postprocess='cpu' or not available)")
-        from pfpn.runtime.gpu.postprocess import image_pointers
+        from pfpn.runtime.gpu.device_fusion import image_pointers
 
         tensors = self.runner.enqueue(images, image_sizes)
         pointers = {name: t.ptr for name, t in tensors.items()}
@@ -67,12 +59,15 @@ class TensorRTBackend:
             ptrs = image_pointers(pointers, i, max_detections=meta.max_detections,
                                   num_stuff_classes=meta.num_stuff_classes,
                                   logits_size=logits_size, mask_size=MASK_SIZE)
-            result = self.gpu_post.run(
+            label_map, kept = self.gpu_post.run(
                 **ptrs, original_size=tuple(original_sizes[i]), resized_size=tuple(int(v) for v in image_sizes[i]),
                 padded_size=padded, scale_factor=tuple(scale_factors[i]), logits_size=logits_size)
             n = int(small["num_detections"][i])
-            out.append(DeviceLabelMap(result.label_map, result.kept, small["boxes"][i, :n], small["scores"][i, :n],
-                                      small["labels"][i, :n]))
+            sx, sy = scale_factors[i]
+            boxes = small["boxes"][i, :n] / np.array([sx, sy, sx, sy], dtype=np.float32)  # original-image pixels
+            out.append(PanopticMap(label_map=label_map.astype(np.int64), kept=[int(k) for k in kept], boxes=boxes,
+                                   scores=small["scores"][i, :n], labels=small["labels"][i, :n],
+                                   instance_offset=meta.instance_offset))
         return out
 
     def close(self) -> None:

@@ -1,6 +1,9 @@
-"""INT8 calibration data: real images through the runtime's pre-processing (runtime/preprocess.py),
-each resized by the contract's rule, shrunk further if needed to fit the profile's opt size, and
-zero-padded to exactly that size (TensorRT 10 calibrates at the profile's opt shape).
+"""INT8 calibration data, the one feed of every calibration (TensorRT 10's calibrator, the Q/DQ
+ranges of runtime/trt/qdq.py, ONNX Runtime's static quantization in runtime/quantize_int8.py):
+real images through the runtime's pre-processing (runtime/preprocess.py), each resized by the
+contract's rule and zero-padded like the predictor pads a batch (:func:`calibration_feeds`). With
+a ``box`` (TensorRT 10 calibrates at the profile's opt shape) an image whose resize does not fit
+is shrunk further, keeping its ratio, and the batch is padded to exactly the box.
 
 Also the TensorRT 10 entropy calibrator (:func:`make_trt10_calibrator`); ``tensorrt`` and
 ``cuda`` are imported only when it is called.
@@ -14,13 +17,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from pfpn.runtime.images import read_image
-from pfpn.runtime.preprocess import rescale_size
-
+from pfpn.runtime.preprocess import pad_batch, rescale_size, resize_image
 
 
 class CalibrationError(ValueError):
     pass
-
 
 
 def fit_size(width: int, height: int, max_long_side: int, max_short_side: int, box_height: int,
@@ -34,45 +35,53 @@ def fit_size(width: int, height: int, max_long_side: int, max_short_side: int, b
     return max(1, min(box_width, int(new_w * s + 0.5))), max(1, min(box_height, int(new_h * s + 0.5)))
 
 
-def prepare_calibration_image(image_bgr: np.ndarray, height: int, width: int, max_long_side: int,
-                              max_short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """-> (padded (height, width, 3) uint8 BGR, (h, w) of the resized image inside the padding)."""
+def fit_image(image_bgr: np.ndarray, *, max_long_side: int, max_short_side: int,
+              box: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 BGR -> the contract's keep-ratio resize (runtime.preprocess.resize_image);
+    with ``box`` (height, width), one that does not fit is resized instead to :func:`fit_size`
+    (one bilinear resize of the original, ratio kept)."""
     import cv2
 
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise CalibrationError(f"calibration images must be HxWx3, got {image_bgr.shape}")
+    resized, _ = resize_image(image_bgr, max_long_side, max_short_side)
+    if box is None or (resized.shape[0] <= box[0] and resized.shape[1] <= box[1]):
+        return resized
     h, w = image_bgr.shape[:2]
-    new_w, new_h = fit_size(w, h, max_long_side, max_short_side, height, width)
-    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    padded = np.zeros((height, width, 3), dtype=np.uint8)
-    padded[:new_h, :new_w] = resized
-    return padded, (new_h, new_w)
+    new_w, new_h = fit_size(w, h, max_long_side, max_short_side, box[0], box[1])
+    return cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
 
 
-def make_batch(images_bgr: Sequence[np.ndarray], height: int, width: int, max_long_side: int,
-               max_short_side: int) -> dict[str, np.ndarray]:
-    """One calibration batch: {"images": (B, height, width, 3) uint8, "image_sizes": (B, 2) int64}."""
+def make_feed(images_bgr: Sequence[np.ndarray], *, max_long_side: int, max_short_side: int, size_divisor: int = 1,
+              box: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """One calibration feed of the contract's inputs: {"images": (B, H, W, 3) uint8,
+    "image_sizes": (B, 2) int64 (h, w) of each resized image}. H, W: the batch padded to multiples
+    of ``size_divisor`` (runtime.preprocess.pad_batch), or exactly ``box`` (height, width)."""
     if not images_bgr:
         raise CalibrationError("empty calibration batch")
-    images = np.zeros((len(images_bgr), height, width, 3), dtype=np.uint8)
-    sizes = np.zeros((len(images_bgr), 2), dtype=np.int64)
-    for i, im in enumerate(images_bgr):
-        images[i], sizes[i] = prepare_calibration_image(im, height, width, max_long_side, max_short_side)
+    resized = [fit_image(im, max_long_side=max_long_side, max_short_side=max_short_side, box=box)
+               for im in images_bgr]
+    images, sizes = pad_batch(resized, size_divisor)
+    if box is not None:
+        padded = np.zeros((len(resized), box[0], box[1], 3), dtype=np.uint8)
+        padded[:, :images.shape[1], :images.shape[2]] = images
+        images = padded
     return {"images": images, "image_sizes": sizes}
 
 
-
-def iter_batches(paths: Sequence[str | os.PathLike], batch: int, height: int, width: int, max_long_side: int,
-                 max_short_side: int) -> Iterator[dict[str, np.ndarray]]:
-    """Calibration batches of exactly ``batch`` images (a last incomplete group is dropped)."""
+def calibration_feeds(paths: Sequence[str | os.PathLike], *, max_long_side: int, max_short_side: int,
+                      size_divisor: int = 1, batch: int = 1, box: tuple[int, int] | None = None
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """The images of ``paths`` (read lazily) as :func:`make_feed` feeds of exactly ``batch``
+    images (a last incomplete group is dropped)."""
     if batch < 1:
         raise CalibrationError(f"batch must be >= 1, got {batch}")
     if len(paths) < batch:
         raise CalibrationError(f"{len(paths)} calibration images are fewer than the batch {batch} of the profile's "
                                f"opt shape")
     for start in range(0, len(paths) - batch + 1, batch):
-        yield make_batch([read_image(p) for p in paths[start:start + batch]], height, width, max_long_side,
-                         max_short_side)
+        yield make_feed([read_image(p) for p in paths[start:start + batch]], max_long_side=max_long_side,
+                        max_short_side=max_short_side, size_divisor=size_divisor, box=box)
 
 
 def num_batches(num_images: int, batch: int) -> int:

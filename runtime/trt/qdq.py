@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pfpn.runtime.trt.fp16 import constant_tensors as _constants, sensitive_producers
+from pfpn.runtime.trt.fp16 import constant_tensors, sensitive_producers
 
 QUANT_OPS = ("Conv",)
 INT8_MAX = 127
@@ -52,7 +52,7 @@ def quantizable_nodes(model: onnx.ModelProto, *, op_types: Sequence[str] = QUANT
                       exclude_nodes: Iterable[str] = (), exclude_sensitive: bool = True) -> tuple[list[str], list[str]]:
     """-> (nodes to quantize, nodes of those types left float). A node qualifies when its weight
     (input 1) is a float constant of rank >= 2."""
-    consts = _constants(model)
+    consts = constant_tensors(model)
     excluded = set(exclude_nodes)
     if exclude_sensitive:
         excluded |= sensitive_producers(model)
@@ -192,7 +192,7 @@ def insert_qdq(model: onnx.ModelProto, ranges: Mapping[str, float], *, op_types:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    consts = _constants(out)
+    consts = constant_tensors(out)
     chosen, skipped = quantizable_nodes(out, op_types=op_types, exclude_nodes=exclude_nodes,
                                         exclude_sensitive=exclude_sensitive)
     report = QdqReport(skipped_nodes=list(skipped))

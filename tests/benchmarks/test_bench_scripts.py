@@ -96,7 +96,7 @@ def test_trt_int8_target_gets_a_calibration_folder(monkeypatch, tmp_path):
 
     def fake_engine_file(ckpt, workdir, precision, calib_dir):
         seen["calib_dir"] = calib_dir
-        raise targets._Skip("stop before building")
+        raise targets.TargetUnavailable("stop before building")
 
     monkeypatch.setattr(targets, "gpu_unavailable_reason", lambda: None)
     monkeypatch.setattr(targets, "engine_file", fake_engine_file)
@@ -114,14 +114,28 @@ def test_mmdet_target_needs_the_published_layout(tiny_checkpoint, tmp_path):
     assert "not in the published layout" in target.reason or "reference environment" in target.reason
 
 
+def test_mmdet_target_without_the_tests_folder_is_skipped(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """An installed wheel has no tests/reference: the mmdet row says so in one line, and the
+    per-backend loop reports it and goes on."""
+    import pfpn.benchmarks.targets as targets
+
+    monkeypatch.setattr(targets, "ROOT", tmp_path)
+    found = list(targets.open_targets(["mmdet", "nonsense"], ckpt=tiny_checkpoint, workdir=tmp_path / "deploy",
+                                      threads=1, calib_images=[]))
+    assert [(t.name, t.status) for t in found] == [("mmdet", "skipped"), ("nonsense", "failed")]
+    assert "tests/reference" in found[0].reason and "\n" not in found[0].reason
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["[mmdet] preparing ...", f"[mmdet] skipped: {found[0].reason}", "[nonsense] preparing ...",
+                       f"[nonsense] failed: {found[1].reason}"]
+
+
 @pytest.mark.slow
 def test_fps_mmdet_row(r50_random_checkpoint, tmp_path):
     """The mmdetection row of fps.py, timed by mmdetection's own process (the parity tests'
     reference environment), next to our PyTorch predictor on the same image."""
-    sys.path.insert(0, str(ROOT / "tests" / "reference"))
-    import reference_env
+    from pfpn.benchmarks.targets import load_reference_env
 
-    reference_env.ensure_installed()
+    load_reference_env().ensure_installed()
     proc = _run("fps.py", "--ckpt", r50_random_checkpoint, "--size", "64x96", "--count", "1", "--runs", "1",
                 "--warmup", "0", "--threads", "2", "--backends", "pytorch,mmdet", "--workdir", tmp_path / "deploy",
                 "--out", tmp_path / "out")

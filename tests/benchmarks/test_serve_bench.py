@@ -1,11 +1,11 @@
 """benchmarks/serve_bench.py: its statistics by hand, and a short run against the real server."""
 import pytest
 
-from pfpn.benchmarks.serve_bench import ServeRow, _row, format_serve_table
+from pfpn.benchmarks.serve_bench import ServeRow, format_serve_table, serve_row
 
 
 def test_row_statistics_by_hand():
-    r = _row("http", 4, [0.010, 0.030, 0.020, 0.040, 0.100], seconds=0.5)
+    r = serve_row("http", 4, [0.010, 0.030, 0.020, 0.040, 0.100], seconds=0.5)
     assert (r.requests, r.images_per_s) == (5, 10.0)
     assert r.p50_ms == pytest.approx(30.0) and r.p99_ms == pytest.approx(100.0)  # nearest rank of 5
 
@@ -30,9 +30,11 @@ def test_short_run_against_the_server(tiny_onnx, synthetic_root, tmp_path):
         pytest.skip(str(e).splitlines()[0])
     pytest.importorskip("tritonclient.http")
     from pfpn.benchmarks.serve_bench import run_serve_bench
+    from pfpn.benchmarks.targets import open_target
 
     images = [cv2.imread(str(p)) for p in sorted((synthetic_root / "val2017").glob("*.jpg"))[:2]]
-    rows = run_serve_bench(model=tiny_onnx, images=images, requests=4, concurrencies=[1, 2], protocols=["http"],
+    target = open_target("ort_fp32", tiny_onnx, threads=2)
+    rows = run_serve_bench(target=target, images=images, requests=4, concurrencies=[1, 2], protocols=["http"],
                            threads=2, instances=1, workdir=tmp_path)
     assert [(r.mode, r.concurrency) for r in rows] == [("in-process", 1), ("in-process", 2), ("http", 1), ("http", 2)]
     assert all(r.requests == 4 and r.images_per_s > 0 and r.p99_ms >= r.p50_ms > 0 for r in rows)

@@ -205,7 +205,7 @@ def test_deployment_settings_at_export(exported, synthetic_root, tmp_path):
     assert all(r.ok for r in rows), rows
     below_default, counts = 0, []
     for image in images:
-        t, d = tuned.predict_detailed([image])[0], default.predict_detailed([image])[0]
+        t, d = tuned.predict_maps([image])[0], default.predict_maps([image])[0]
         assert len(t.scores) <= 120 and len(d.scores) <= 100 and (t.scores > 0.3).all() and (d.scores > 0.6).all()
         below_default += int((t.scores <= 0.6).sum())
         counts.append((len(t.scores), len(d.scores)))

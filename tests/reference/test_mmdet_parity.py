@@ -37,7 +37,8 @@ from pfpn.training.checkpoint import load_model, save_mmdet_checkpoint
 from pfpn.training.config import ModelConfig
 from pfpn.training.data.coco_panoptic import CocoPanopticDataset
 from pfpn.training.model.panoptic_fpn import rebuild_with_config
-from pfpn.training.predictor import PanopticPredictor, load_bgr
+from pfpn.runtime.images import load_image
+from pfpn.training.predictor import PanopticPredictor
 
 HERE = Path(__file__).resolve().parent
 RUN_MMDET = HERE / "run_mmdet.py"
@@ -166,10 +167,10 @@ def near_tie_pixels(predictor: PanopticPredictor, image: Path, pixels: np.ndarra
     sees them) within ``eps`` of each other relative to the largest magnitude, or a pasted mask
     probability within ``eps`` of the mask threshold. There float32 rounding (ONNX Runtime's
     kernels round differently from PyTorch's) legitimately decides either way."""
-    from pfpn.training.model.postprocess import paste_masks, upsample_semantic_logits
+    from pfpn.training.model.panoptic_fusion import paste_masks, upsample_semantic_logits
 
     config = predictor.config
-    batch = predictor.prepare([load_bgr(image)])
+    batch = predictor.prepare([load_image(image)])
     model = copy.deepcopy(predictor.model).double()
     raw = model(batch.images.double(), batch.image_sizes)
     ys, xs = torch.from_numpy(pixels[:, 0]), torch.from_numpy(pixels[:, 1])
@@ -229,7 +230,7 @@ def assert_parity(rows: list[MapParity]) -> None:
 def pytorch_rows(case: str, predictor: PanopticPredictor, images: list[Path], refs: list[np.ndarray]
                  ) -> list[MapParity]:
     torch.set_num_threads(1)
-    return [compare_maps(case, image, predictor.predict_label_maps([image])[0].label_map.numpy(), ref, predictor)
+    return [compare_maps(case, image, predictor.predict_maps([image])[0].label_map, ref, predictor)
             for image, ref in zip(images, refs)]
 
 
@@ -237,7 +238,7 @@ def runtime_rows(case: str, onnx_path: Path, predictor: PanopticPredictor, image
                  refs: list[np.ndarray]) -> list[MapParity]:
     """The torch-free runtime's maps; ``predictor`` (same checkpoint and settings) explains differences."""
     runtime = Predictor(onnx_path, threads=1)
-    return [compare_maps(case, image, runtime.predict_detailed([image])[0].label_map, ref, predictor)
+    return [compare_maps(case, image, runtime.predict_maps([image])[0].label_map, ref, predictor)
             for image, ref in zip(images, refs)]
 
 
@@ -321,7 +322,7 @@ def test_r50_runtime_matches_mmdetection(r50, level, image):
     k = R50_IMAGES.index(image)
     path, ref = r50["images"][k], r50_reference(r50, level)[k]
     assert path.name == image
-    ours = r50_runtime(r50, level).predict_detailed([path])[0].label_map
+    ours = r50_runtime(r50, level).predict_maps([path])[0].label_map
     case = f"R-50 mmdet init, score > {R50_THRESHOLDS[level]}, runtime (ONNX Runtime)"
     assert_parity([compare_maps(case, path, ours, ref, r50_predictor(r50, level))])
 
@@ -334,11 +335,11 @@ def test_r50_runtime_tie_order_is_the_stable_one(r50, monkeypatch, level, image)
     score ties (flat regions, and translated copies of the same pattern, e.g. astronaut's black
     background) ordered by index instead of by the reference's unstable sort."""
     path = r50["images"][R50_IMAGES.index(image)]
-    runtime_map = r50_runtime(r50, level).predict_detailed([path])[0].label_map
+    runtime_map = r50_runtime(r50, level).predict_maps([path])[0].label_map
     assert (runtime_map != r50_reference(r50, level)[R50_IMAGES.index(image)]).any()  # the gap is there
     use_stable_tie_order(monkeypatch)
     predictor = r50_predictor(r50, level)
-    stable_map = predictor.predict_label_maps([path])[0].label_map.numpy()
+    stable_map = predictor.predict_maps([path])[0].label_map
     # identical up to float32 decision edges (the flat image has one, also at the published threshold)
     row = compare_maps("stable-order PyTorch vs runtime", path, runtime_map, stable_map, predictor)
     assert row.ok, row
@@ -365,9 +366,9 @@ def test_r50_stable_sort_breaks_parity(r50, monkeypatch):
     model, ckpt = load_model(r50["ckpt"])
     config = replace(ckpt.config.model, box_head=replace(ckpt.config.model.box_head, score_threshold=0.3))
     predictor = PanopticPredictor(rebuild_with_config(model, config), config, ckpt.categories)
-    assert np.array_equal(predictor.predict_label_maps([flat])[0].label_map.numpy(), ref)
+    assert np.array_equal(predictor.predict_maps([flat])[0].label_map, ref)
     use_stable_tie_order(monkeypatch)
-    ours = predictor.predict_label_maps([flat])[0].label_map.numpy()
+    ours = predictor.predict_maps([flat])[0].label_map
     differing = int((ours != ref).sum())
     assert differing > (1 - MIN_IDENTICAL) * 100 * ours.size, differing  # far outside what parity allows
 

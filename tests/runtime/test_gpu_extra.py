@@ -14,11 +14,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = {"runtime", "plugins", "export", "training", "benchmarks"}
+PROJECT = "pfpn"  # the import root; pfpn.<folder>.<module> is <folder>/<module>.py in the checkout
 # what an engine user runs: the build script, predict on an engine, the plugins and kernels
-ENTRY_MODULES = ("runtime.build_engine", "runtime.predict", "runtime.trt.backend", "runtime.trt.runner",
-                 "runtime.trt.calibration", "plugins.trt_plugins", "plugins.triton_kernels", "runtime.gpu.kernels",
-                 "runtime.gpu.build_ptx")
+ENTRY_MODULES = tuple(f"pfpn.{m}" for m in (
+    "runtime.build_engine", "runtime.predict", "runtime.trt.backend", "runtime.trt.runner", "runtime.trt.calibration",
+    "plugins.trt_plugins", "plugins.triton_kernels", "runtime.gpu.kernels", "runtime.gpu.build_ptx"))
 # import name -> distribution, for what is not installed here (TensorRT: only its type stubs are)
 NOT_INSTALLED = {"tensorrt": "tensorrt-cu12"}
 # imports that are optional on the GPU path, with the reason (nothing else may be missing)
@@ -26,7 +26,7 @@ OPTIONAL = {"openvino": "the OpenVINO backend (runtime.backends), not used with 
 
 
 def _module_file(name: str) -> Path | None:
-    path = ROOT.joinpath(*name.split("."))
+    path = ROOT.joinpath(*name.split(".")[1:])
     for candidate in (path.with_suffix(".py"), path / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -52,7 +52,7 @@ def third_party_imports(entries=ENTRY_MODULES) -> dict[str, set[str]]:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             for full in names:
                 top = full.split(".")[0]
-                if top in PROJECT:
+                if top == PROJECT:
                     todo.append(full)
                 elif top not in sys.stdlib_module_names and top != "__future__":
                     found.setdefault(top, set()).add(name)

@@ -15,7 +15,7 @@ sys.modules["torchvision"] = None
 sys.path.insert(0, {root!r})
 import pfpn.runtime
 from pfpn.runtime import Predictor
-import pfpn.runtime.backends, pfpn.runtime.contract, pfpn.runtime.images, pfpn.runtime.panoptic_io, pfpn.runtime.postprocess
+import pfpn.runtime.backends, pfpn.runtime.contract, pfpn.runtime.images, pfpn.runtime.panoptic_io, pfpn.runtime.fusion
 import pfpn.runtime.mask_paste, pfpn.runtime.semantic_labels, pfpn.runtime.torch_sort, pfpn.runtime.float32_ops
 import pfpn.runtime.preprocess, pfpn.runtime.result, pfpn.runtime.writers, pfpn.runtime.predictor
 predictor = Predictor({model!r}, threads=1)

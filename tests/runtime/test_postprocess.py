@@ -1,6 +1,6 @@
-"""The torch-free post-processing (runtime/postprocess.py with mask_paste.py, semantic_labels.py
+"""The torch-free post-processing (runtime/fusion.py with mask_paste.py, semantic_labels.py
 and torch_sort.py) against the PyTorch reference (training.predictor.label_map_single_image and
-training.model.postprocess), on the same inputs.
+training.model.panoptic_fusion), on the same inputs.
 
 Hand-built cases must give identical maps; they avoid exact 0.5 probabilities and exact logit
 ties where the summation order could matter (except the tests that are about exact ties).
@@ -15,14 +15,14 @@ import torch
 
 from pfpn.runtime.categories import Category, CategoryTable
 from pfpn.runtime.mask_paste import paste_mask_region
-from pfpn.runtime.postprocess import postprocess_single_image, to_panoptic_result
+from pfpn.runtime.fusion import postprocess_single_image
 from pfpn.runtime.semantic_labels import semantic_argmax
 from pfpn.runtime.torch_sort import fusion_order
 from pfpn.runtime.preprocess import rescale_size
-from pfpn.runtime.result import panoptic_result_from_label_map
+from pfpn.runtime.result import panoptic_result_from_label_map, to_panoptic_result
 from pfpn.training.config import FusionConfig, MaskHeadConfig, ModelConfig
 from pfpn.training.model.panoptic_fpn import Detections
-from pfpn.training.model.postprocess import paste_masks, upsample_semantic_logits
+from pfpn.training.model.panoptic_fusion import paste_masks, upsample_semantic_logits
 from pfpn.training.predictor import label_map_single_image
 
 T, S = 3, 3  # hand-built cases: things 0..2, stuff 3..5 (channels 0..2), things channel 3, VOID 6
@@ -32,7 +32,7 @@ VOID = T + S
 # ----------------------------------------------------------------------------------------------
 # helpers
 def sizes_for(original: tuple[int, int], max_long: int, max_short: int):
-    """SPEC's resize of an original (H, W) -> (resized (h, w), scale factor, logits (h4, w4))."""
+    """REFERENCE §2's resize of an original (H, W) -> (resized (h, w), scale factor, logits (h4, w4))."""
     h, w = original
     new_w, new_h, _ = rescale_size(w, h, max_long, max_short)
     pad_h, pad_w = -(-new_h // 32) * 32, -(-new_w // 32) * 32
@@ -53,12 +53,13 @@ def reference(inp: dict, **fusion) -> tuple[np.ndarray, list[int]]:
         pred = label_map_single_image(det, logits, config, padded_size=(logits.shape[1] * 4, logits.shape[2] * 4),
                                       resized_size=inp["resized_size"], original_size=inp["original_size"],
                                       scale_factor=inp["scale_factor"])
-    return pred.label_map.numpy(), pred.kept
+    return pred.label_map, pred.kept
 
 
 def check_identical(inp: dict, **fusion):
     ref, ref_kept = reference(inp, **dict(fusion))
-    out = postprocess_single_image(**inp, **fusion)
+    mask_threshold = fusion.pop("mask_threshold", 0.5)
+    out = postprocess_single_image(**inp, mask_threshold=mask_threshold, fusion=FusionConfig(**fusion))
     assert out.label_map.dtype == np.int64 and out.label_map.shape == tuple(inp["original_size"])
     assert out.kept == ref_kept
     assert np.array_equal(out.label_map, ref), f"{np.count_nonzero(out.label_map != ref)} pixels differ"
@@ -285,12 +286,12 @@ def test_random_realistic_inputs_agree_with_reference(original, n, seed):
     out = postprocess_single_image(**inp)
     agreement = float(np.mean(out.label_map == ref))
     print(f"{original} N={n}: agreement {agreement:.6f}, kept {len(out.kept)}, "
-          f"{out.boundary_pixels} boundary pixels, {1e3 * out.timings['total']:.1f} ms")
+          f"{out.boundary_pixels} boundary pixels, {1e3 * out.part_seconds['total']:.1f} ms")
     assert agreement >= 0.999
     assert out.kept == ref_kept
     # (c) the fast COCO form equals the generic one built from the map
     cats = coco_categories()
-    fast = to_panoptic_result(out, cats, inp["scores"])
+    fast = to_panoptic_result(out, cats)
     slow = panoptic_result_from_label_map(out.label_map, cats, instance_scores=inp["scores"][out.kept].tolist())
     assert np.array_equal(fast.id_map, slow.id_map) and fast.id_map.dtype == slow.id_map.dtype
     assert fast.segments_info == slow.segments_info
@@ -305,7 +306,7 @@ def test_no_detections():
     assert out.kept == ref_kept == [] and np.array_equal(out.label_map, ref)
     assert np.all(out.label_map < 1000)
     cats = coco_categories()
-    fast = to_panoptic_result(out, cats, inp["scores"])
+    fast = to_panoptic_result(out, cats)
     slow = panoptic_result_from_label_map(out.label_map, cats)
     assert np.array_equal(fast.id_map, slow.id_map) and fast.segments_info == slow.segments_info
 
@@ -318,15 +319,15 @@ def test_to_panoptic_result_on_hand_built_case():
     inp = case(stuff_map=stuff, boxes=[[20, 20, 60, 60], [40, 20, 80, 60], [200, 100, 224, 160]], labels=[0, 2, 1])
     cats = CategoryTable([Category(7, "a", True), Category(8, "b", True), Category(9, "c", True),
                           Category(20, "x", False), Category(21, "y", False), Category(22, "z", False)])
-    out = postprocess_single_image(**inp, stuff_area_limit=2000)
-    fast = to_panoptic_result(out, cats, inp["scores"])
+    out = postprocess_single_image(**inp, fusion=FusionConfig(stuff_area_limit=2000))
+    fast = to_panoptic_result(out, cats)
     slow = panoptic_result_from_label_map(out.label_map, cats, instance_scores=inp["scores"][out.kept].tolist())
     assert np.array_equal(fast.id_map, slow.id_map) and fast.segments_info == slow.segments_info
     assert {s["category_id"] for s in fast.segments_info} == {7, 8, 9, 20, 21}
     assert all((s["score"] is None) != s["isthing"] for s in fast.segments_info)
     for limit in (0, 10**6):  # every stuff segment kept / none
         out = check_identical(inp, stuff_area_limit=limit)
-        fast = to_panoptic_result(out, cats, inp["scores"])
+        fast = to_panoptic_result(out, cats)
         slow = panoptic_result_from_label_map(out.label_map, cats, instance_scores=inp["scores"][out.kept].tolist())
         assert np.array_equal(fast.id_map, slow.id_map) and fast.segments_info == slow.segments_info
 
@@ -338,7 +339,7 @@ def test_input_validation():
     with pytest.raises(ValueError):
         postprocess_single_image(**{**inp, "semantic_logits": inp["semantic_logits"][0]})
     with pytest.raises(ValueError):
-        postprocess_single_image(**inp, instance_offset=5)
+        postprocess_single_image(**inp, fusion=FusionConfig(instance_offset=5))
 
 
 def test_near_ties_are_decided_with_the_reference_arithmetic():

@@ -113,7 +113,7 @@ def test_directory_is_not_an_image(tiny_checkpoint, tiny_onnx, tmp_path):
 
 @pytest.mark.parametrize("shape", [(1, 5000), (5000, 1), (2, 3000)])
 def test_extreme_aspect_ratios_run(tiny_checkpoint, tiny_onnx, shape):
-    """SPEC's resize would give a zero-pixel side (mmdetection fails in cv2.resize there); both
+    """REFERENCE §2's resize would give a zero-pixel side (mmdetection fails in cv2.resize there); both
     predictors keep at least one pixel per side and return a map of the original size, the same."""
     from pfpn.runtime.preprocess import rescale_size
 
@@ -123,11 +123,11 @@ def test_extreme_aspect_ratios_run(tiny_checkpoint, tiny_onnx, shape):
     assert min(new_w, new_h) >= 1 and max(new_w, new_h) == 256
     rng = np.random.default_rng(h)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    ours = Predictor(tiny_onnx, threads=1).predict_detailed([image])[0]
-    torch_map = PanopticPredictor.from_checkpoint(tiny_checkpoint).predict_label_maps([image])[0].label_map.numpy()
+    result, ours, _ = Predictor(tiny_onnx, threads=1).predict_detailed([image])[0]
+    torch_map = PanopticPredictor.from_checkpoint(tiny_checkpoint).predict_maps([image])[0].label_map
     assert ours.label_map.shape == torch_map.shape == shape
     assert np.array_equal(ours.label_map, torch_map)
-    assert ours.result.id_map.shape == shape
+    assert result.id_map.shape == shape
 
 
 def test_metadata_exposed(tiny_onnx):

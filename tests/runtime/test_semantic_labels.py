@@ -1,5 +1,5 @@
 """runtime/semantic_labels.py against the PyTorch reference's two-stage upsampling + argmax
-(training.model.postprocess.upsample_semantic_logits), on the inputs that drive its tile
+(training.model.panoptic_fusion.upsample_semantic_logits), on the inputs that drive its tile
 evaluation into each of its paths."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pfpn.runtime.semantic_labels import K_BOUNDS, TILE, analyse_semantic_windows, label_undecided_pixels, semantic_argmax
-from pfpn.training.model.postprocess import upsample_semantic_logits
+from pfpn.training.model.panoptic_fusion import upsample_semantic_logits
 
 
 def torch_argmax(logits: np.ndarray, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """COCO panoptic writer (read back by the project's PQ evaluation), overlay pictures, and the
-torch-free imports of runtime/postprocess.py and runtime/writers.py."""
+torch-free imports of runtime/fusion.py and runtime/writers.py."""
 from __future__ import annotations
 
 import json
@@ -92,7 +92,7 @@ def test_a_different_prediction_scores_below_one(tmp_path):
 
 
 def test_evaluation_uses_the_runtime_writer(tmp_path):
-    from pfpn.training.evaluation.evaluate import write_predictions
+    from pfpn.training.evaluation.evaluate_dataset import write_predictions
 
     json_path, folder = write_predictions(list(zip(infos(2), results())), CATEGORIES, tmp_path)
     data = json.loads(json_path.read_text())
@@ -154,15 +154,17 @@ sys.modules["torch"] = None  # any import of torch now fails
 sys.modules["torchvision"] = None
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
-import pfpn.runtime.postprocess as pp, pfpn.runtime.writers as wr
+import pfpn.runtime.fusion as pp, pfpn.runtime.writers as wr
 from pfpn.runtime.categories import CategoryTable
+from pfpn.runtime.contract import FusionConfig
+from pfpn.runtime.result import to_panoptic_result
 cats = CategoryTable([{{"id": 1, "name": "a", "isthing": 1}}, {{"id": 2, "name": "s", "isthing": 0}}])
 logits = np.zeros((2, 8, 8), np.float32); logits[0] = 1.0
 out = pp.postprocess_single_image(np.array([[4, 4, 20, 20]], np.float32), np.array([0.9], np.float32),
                                   np.array([0]), np.ones((1, 28, 28), np.float32), logits, resized_size=(32, 32),
                                   original_size=(32, 32), scale_factor=(1.0, 1.0), num_thing_classes=1,
-                                  stuff_area_limit=1)
-res = pp.to_panoptic_result(out, cats, [0.9])
+                                  fusion=FusionConfig(stuff_area_limit=1))
+res = to_panoptic_result(out, cats)
 wr.write_coco_panoptic([({{"image_id": 1, "file_name": "x.jpg", "png_name": "x.png"}}, res)], cats, {str(tmp_path)!r})
 wr.overlay(np.zeros((32, 32, 3), np.uint8), res, cats)
 assert not [m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None]

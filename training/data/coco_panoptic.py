@@ -1,6 +1,6 @@
 """COCO panoptic dataset reader (layout-driven: real COCO and the synthetic set alike).
 
-Layout (``../shared/SPEC.md``, "COCO panoptic format and PQ")::
+Layout (REFERENCE §7)::
 
     root/annotations/panoptic_<split>2017.json
     root/annotations/panoptic_<split>2017/<annotation file_name>.png   (segment-id PNGs)

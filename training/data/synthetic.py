@@ -1,7 +1,6 @@
 """A small synthetic COCO-panoptic dataset: coloured shapes (things) on textured regions (stuff).
 
-It is written in the genuine COCO panoptic layout (``../shared/SPEC.md``, "COCO panoptic format
-and PQ") so that the same reader, training and evaluation code runs on it and on real COCO::
+It is written in the genuine COCO panoptic layout (REFERENCE §7) so that the same reader, training and evaluation code runs on it and on real COCO::
 
     root/annotations/panoptic_train2017.json      root/annotations/panoptic_val2017.json
     root/annotations/panoptic_train2017/<name>.png root/annotations/panoptic_val2017/<name>.png

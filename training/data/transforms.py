@@ -4,7 +4,7 @@ Plain numpy functions (cv2 for resizing). Each returns a NEW dict (shallow copy)
 and leaves its input untouched. Keys other than ``image`` are optional: a transform handles the
 ``gt_*`` keys that are present.
 
-Resizing follows ``../shared/SPEC.md`` ("Model"): scale = min(max_long / long side,
+Resizing follows REFERENCE §2: scale = min(max_long / long side,
 max_short / short side), new size = (int(w * scale + 0.5), int(h * scale + 0.5)), image
 INTER_LINEAR; masks and the semantic map INTER_NEAREST; boxes times the per-axis factors
 (new_w / w, new_h / h). Published settings: 1x = (1333, 800) and flip 0.5; ms-3x = short side
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pfpn.runtime.preprocess import rescale_size  # the one SPEC resize rule, shared with the runtime
+from pfpn.runtime.preprocess import rescale_size  # the one resize rule (REFERENCE §2), shared with the runtime
 
 
 def _resize_stack(masks: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
@@ -128,7 +128,7 @@ class TrainTransform:
 
 @dataclass
 class TestTransform:
-    """Deterministic resize only (SPEC test pipeline: fit 1333x800). Call as ``t(sample)``."""
+    """Deterministic resize only (REFERENCE §2 test pipeline: fit 1333x800). Call as ``t(sample)``."""
 
     __test__ = False  # not a pytest test class
 

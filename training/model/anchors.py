@@ -1,4 +1,4 @@
-"""Anchors (mmdet convention, SPEC): one scale x ratios per level, centred at (x*s, y*s)."""
+"""Anchors (mmdet convention, REFERENCE §3.4): one scale x ratios per level, centred at (x*s, y*s)."""
 from __future__ import annotations
 
 import torch
@@ -20,12 +20,15 @@ def base_anchors(stride: int, scale: float, ratios: tuple[float, ...]) -> Tensor
 def grid_anchors(feature_size: tuple[int, int], stride: int, scale: float, ratios: tuple[float, ...],
                  device: torch.device | None = None) -> Tensor:
     """All anchors of one level. -> (H * W * A, 4), ordered (y, x, anchor) with anchor fastest,
-    matching the head outputs flattened as ``permute(1, 2, 0).reshape(-1)``."""
+    matching the head outputs flattened as ``permute(1, 2, 0).reshape(-1)``.
+
+    Traceable: pass ``feature_size = feature_map.shape[-2:]`` and the traced graph follows the
+    map's (dynamic) size.
+    """
     h, w = feature_size
     base = base_anchors(stride, scale, ratios).to(device)
-    shift_x = torch.arange(0, w, device=device).to(torch.float32) * stride
-    shift_y = torch.arange(0, h, device=device).to(torch.float32) * stride
-    xx = shift_x.repeat(h)
-    yy = shift_y.view(-1, 1).repeat(1, w).view(-1)
-    shifts = torch.stack([xx, yy, xx, yy], dim=-1)
-    return (base[None, :, :] + shifts[:, None, :]).view(-1, 4)
+    shift_x = torch.arange(w, device=device).to(torch.float32) * stride
+    shift_y = torch.arange(h, device=device).to(torch.float32) * stride
+    yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+    shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+    return (base[None, :, :] + shifts).reshape(-1, 4)

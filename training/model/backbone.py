@@ -1,7 +1,7 @@
 """ResNet backbone (torchvision blocks and layer naming), returning C2..C5.
 
 Pytorch style (stride on the 3x3 conv, torchvision's Bottleneck), stem and the first
-``frozen_stages`` stages frozen, BatchNorm statistics frozen when ``norm_eval`` (SPEC).
+``frozen_stages`` stages frozen, BatchNorm statistics frozen when ``norm_eval`` (REFERENCE §3.1).
 """
 from __future__ import annotations
 

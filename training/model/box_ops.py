@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms as _tv_nms
 
-# SPEC: dw/dh are clamped at log(1000 / 16).
+# REFERENCE §3.5: dw/dh are clamped at log(1000 / 16).
 DELTA_WH_CLAMP = abs(math.log(16 / 1000))
 
 
@@ -31,35 +31,50 @@ def encode_boxes(proposals: Tensor, gt_boxes: Tensor, stds: tuple[float, ...] = 
     return deltas / deltas.new_tensor(stds)
 
 
-def decode_boxes(rois: Tensor, deltas: Tensor, stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
-                 max_shape: tuple[int, int] | None = None) -> Tensor:
-    """Apply deltas to boxes; clip to ``max_shape`` = (h, w) when given.
+def apply_deltas(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
+    """Move ``boxes`` by ``deltas`` = (dx, dy, dw, dh) * stds (means 0), dw/dh clamped at
+    ``DELTA_WH_CLAMP``; no clipping. Traceable (no data-dependent control flow).
 
-    rois: (N, 4); deltas: (N, 4 * K) (K boxes per roi, e.g. one per class) -> (N, 4 * K).
-    The operations and their order match the reference (mmdet ``delta2bbox``) so that the
+    boxes: (..., 4) and deltas: (..., 4), broadcast against each other -> (..., 4).
+    The operations and their order are the reference's (mmdet ``delta2bbox``), so that the
     results are bit-identical in float32.
     """
-    n = rois.shape[0]
-    k = deltas.shape[1] // 4
-    if n == 0:
-        return deltas
-    d = deltas.reshape(-1, 4)
-    d = d * d.new_tensor(stds).view(1, -1) + d.new_zeros(1, 4)
-    dxy = d[:, :2]
-    dwh = d[:, 2:]
-    rois_ = rois.repeat(1, k).reshape(-1, 4)
-    pxy = (rois_[:, :2] + rois_[:, 2:]) * 0.5
-    pwh = rois_[:, 2:] - rois_[:, :2]
-    dxy_wh = pwh * dxy
-    dwh = dwh.clamp(min=-DELTA_WH_CLAMP, max=DELTA_WH_CLAMP)
+    d = deltas * deltas.new_tensor(stds) + deltas.new_zeros(4)
+    pxy = (boxes[..., :2] + boxes[..., 2:]) * 0.5
+    pwh = boxes[..., 2:] - boxes[..., :2]
+    dxy_wh = pwh * d[..., :2]
+    dwh = d[..., 2:].clamp(min=-DELTA_WH_CLAMP, max=DELTA_WH_CLAMP)
     gxy = pxy + dxy_wh
     gwh = pwh * dwh.exp()
-    x1y1 = gxy - gwh * 0.5
-    x2y2 = gxy + gwh * 0.5
-    boxes = torch.cat([x1y1, x2y2], dim=-1)
+    return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
+
+
+def clip_boxes(boxes: Tensor, image_hw: tuple[int, int] | Tensor) -> Tensor:
+    """Clip x to [0, w] and y to [0, h]. Traceable.
+
+    boxes: (..., 4); image_hw: (h, w) for all boxes, or a (B, 2) float tensor of one (h, w)
+    per ``boxes[b]`` -> (..., 4).
+    """
+    if isinstance(image_hw, Tensor):
+        upper = image_hw[:, [1, 0, 1, 0]].view(-1, *([1] * (boxes.dim() - 2)), 4)
+    else:
+        upper = boxes.new_tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]])
+    return torch.min(boxes.clamp(min=0), upper)
+
+
+def decode_boxes(rois: Tensor, deltas: Tensor, stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+                 max_shape: tuple[int, int] | None = None) -> Tensor:
+    """:func:`apply_deltas` with K boxes per roi (e.g. one per class), clipped to ``max_shape``
+    = (h, w) when given.
+
+    rois: (N, 4); deltas: (N, 4 * K) -> (N, 4 * K).
+    """
+    n = rois.shape[0]
+    if n == 0:
+        return deltas
+    boxes = apply_deltas(rois[:, None], deltas.reshape(n, -1, 4), stds)
     if max_shape is not None:
-        boxes[..., 0::2] = boxes[..., 0::2].clamp(min=0, max=max_shape[1])
-        boxes[..., 1::2] = boxes[..., 1::2].clamp(min=0, max=max_shape[0])
+        boxes = clip_boxes(boxes, max_shape)
     return boxes.reshape(n, -1)
 
 
@@ -103,7 +118,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[keep]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """NMS within groups (boxes of different groups never suppress each other).
 
     Same trick as the reference: offset each group's boxes by group * (max coordinate + 1),

@@ -1,4 +1,4 @@
-"""Feature pyramid network: P2..P5 from C2..C5, plus P6 by max-pooling P5 (SPEC)."""
+"""Feature pyramid network: P2..P5 from C2..C5, plus P6 by max-pooling P5 (REFERENCE §3.2)."""
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -144,21 +144,24 @@ class PanopticFPN(nn.Module):
         rpn_cfg, box_cfg = self.rpn_config, self.box_config
         gen = self.generator
         objectness, deltas = self.rpn_head(feats)
+        rpn_targets, box_targets = rpn_cfg.targets, box_cfg.targets
         losses = rpn_loss(objectness, deltas, self.anchors(feats), [t["gt_boxes"] for t in targets],
-                          pos_iou_threshold=rpn_cfg.pos_iou_threshold, neg_iou_threshold=rpn_cfg.neg_iou_threshold,
-                          min_pos_iou=rpn_cfg.min_pos_iou, num_samples=rpn_cfg.num_samples,
-                          positive_fraction=rpn_cfg.positive_fraction, generator=gen)
-        losses["loss_rpn_cls"] = losses["loss_rpn_cls"] * rpn_cfg.loss_cls_weight
-        losses["loss_rpn_box"] = losses["loss_rpn_box"] * rpn_cfg.loss_box_weight
+                          pos_iou_threshold=rpn_targets.pos_iou_threshold,
+                          neg_iou_threshold=rpn_targets.neg_iou_threshold, min_pos_iou=rpn_targets.min_pos_iou,
+                          num_samples=rpn_targets.num_samples, positive_fraction=rpn_targets.positive_fraction,
+                          generator=gen)
+        losses["loss_rpn_cls"] = losses["loss_rpn_cls"] * rpn_targets.loss_cls_weight
+        losses["loss_rpn_box"] = losses["loss_rpn_box"] * rpn_targets.loss_box_weight
         with torch.no_grad():
             proposals = self._proposals(feats, image_sizes, [o.detach() for o in objectness],
                                         [d.detach() for d in deltas], pre_nms_top_n=rpn_cfg.pre_nms_top_n_train,
                                         post_nms_top_n=rpn_cfg.post_nms_top_n_train)
         samples = [sample_rois_single_image(p, t["gt_boxes"], t["gt_labels"], num_classes=self.num_thing_classes,
-                                            pos_iou_threshold=box_cfg.pos_iou_threshold,
-                                            neg_iou_threshold=box_cfg.neg_iou_threshold,
-                                            num_samples=box_cfg.num_samples,
-                                            positive_fraction=box_cfg.positive_fraction, generator=gen)
+                                            pos_iou_threshold=box_targets.pos_iou_threshold,
+                                            neg_iou_threshold=box_targets.neg_iou_threshold,
+                                            min_pos_iou=box_targets.min_pos_iou,
+                                            num_samples=box_targets.num_samples,
+                                            positive_fraction=box_targets.positive_fraction, generator=gen)
                    for p, t in zip(proposals, targets)]
         rois = boxes_to_rois([s["rois"] for s in samples]).to(feats[0])
         labels = torch.cat([s["labels"] for s in samples])
@@ -167,8 +170,8 @@ class PanopticFPN(nn.Module):
         pos_mask = labels < self.num_thing_classes
         matched = torch.cat([t["gt_boxes"][s["gt_index"][: int(s["num_pos"])]] for s, t in zip(samples, targets)])
         box_losses = box_head_loss(class_logits, box_deltas, rois[:, 1:], labels, matched, box_stds=box_cfg.box_stds)
-        losses["loss_cls"] = box_losses["loss_cls"] * box_cfg.loss_cls_weight
-        losses["loss_box"] = box_losses["loss_box"] * box_cfg.loss_box_weight
+        losses["loss_cls"] = box_losses["loss_cls"] * box_targets.loss_cls_weight
+        losses["loss_box"] = box_losses["loss_box"] * box_targets.loss_box_weight
 
         pos_rois = rois[pos_mask]
         mask_logits = self.roi_head.mask_head(self._mask_features(feats, pos_rois))

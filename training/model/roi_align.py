@@ -1,4 +1,4 @@
-"""Multi-level RoIAlign: level assignment + half-pixel (aligned) RoIAlign (SPEC).
+"""Multi-level RoIAlign: level assignment + half-pixel (aligned) RoIAlign (REFERENCE §3.7).
 
 Coordinate convention (the one used across the project, documented here once): a feature map
 cell (i, j) at stride s covers input pixels [j*s, (j+1)*s); its centre is at (j + 0.5) * s.

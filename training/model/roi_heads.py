@@ -1,4 +1,4 @@
-"""Box head and mask head (SPEC), their targets, losses and inference post-processing."""
+"""Box head and mask head (REFERENCE §3.8-§3.9), their targets, losses and inference post-processing."""
 from __future__ import annotations
 
 import torch
@@ -72,7 +72,7 @@ class MaskHead(nn.Module):
 def detections_single_image(class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, *,
                             image_size: tuple[int, int], box_stds: tuple[float, ...], score_threshold: float,
                             nms_iou_threshold: float, max_detections: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Box-head outputs of one image -> kept detections (SPEC).
+    """Box-head outputs of one image -> kept detections (REFERENCE §4.1-§4.2).
 
     Every (proposal, class) pair with softmax score > score_threshold is a candidate carrying
     that class's decoded box (clipped to the resized image); class-agnostic NMS; at most
@@ -105,7 +105,7 @@ def select_class_masks(mask_logits: Tensor, labels: Tensor) -> Tensor:
 # training targets and losses
 
 def sample_rois_single_image(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, num_classes: int,
-                             pos_iou_threshold: float, neg_iou_threshold: float, num_samples: int,
+                             pos_iou_threshold: float, neg_iou_threshold: float, min_pos_iou: float, num_samples: int,
                              positive_fraction: float, generator: torch.Generator | None = None
                              ) -> dict[str, Tensor]:
     """Assign and sample RoIs of one image for the box and mask heads (ground truth boxes are
@@ -117,7 +117,7 @@ def sample_rois_single_image(proposals: Tensor, gt_boxes: Tensor, gt_labels: Ten
     """
     candidates = torch.cat([gt_boxes, proposals.detach()], 0)
     assigned = assign_max_iou(candidates, gt_boxes, pos_iou_threshold=pos_iou_threshold,
-                              neg_iou_threshold=neg_iou_threshold, min_pos_iou=pos_iou_threshold)
+                              neg_iou_threshold=neg_iou_threshold, min_pos_iou=min_pos_iou)
     pos, neg = sample_pos_neg(assigned, num_samples=num_samples, positive_fraction=positive_fraction,
                               generator=generator)
     inds = torch.cat([pos, neg])

@@ -1,4 +1,4 @@
-"""Region proposal network: head, proposal generation (SPEC), targets and loss."""
+"""Region proposal network: head, proposal generation (REFERENCE §3.6), targets and loss."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pfpn.training.model.assign import assign_max_iou, sample_pos_neg
-from pfpn.training.model.box_ops import batched_nms, decode_boxes, descending_order, encode_boxes
+from pfpn.training.model.box_ops import decode_boxes, descending_order, encode_boxes, grouped_nms
 
 
 class RPNHead(nn.Module):
@@ -41,7 +41,7 @@ def flatten_level(objectness: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
 def proposals_single_image(objectness: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], *,
                            image_size: tuple[int, int], pre_nms_top_n: int, post_nms_top_n: int,
                            nms_iou_threshold: float, min_box_size: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Proposals of one image (SPEC): per level the top ``pre_nms_top_n`` sigmoid scores, decode,
+    """Proposals of one image (REFERENCE §3.6): per level the top ``pre_nms_top_n`` sigmoid scores, decode,
     clip to the (resized) image, drop boxes of width or height <= min_box_size, NMS per level,
     keep the ``post_nms_top_n`` highest scoring across levels.
 
@@ -68,7 +68,7 @@ def proposals_single_image(objectness: list[Tensor], deltas: list[Tensor], ancho
     valid = (w > min_box_size) & (h > min_box_size)
     if not bool(valid.all()):
         boxes, scores, ids = boxes[valid], scores[valid], ids[valid]
-    keep = batched_nms(boxes, scores, ids, nms_iou_threshold)[:post_nms_top_n]
+    keep = grouped_nms(boxes, scores, ids, nms_iou_threshold)[:post_nms_top_n]
     return boxes[keep], scores[keep]
 
 

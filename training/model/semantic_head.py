@@ -1,4 +1,4 @@
-"""Semantic segmentation head on P2..P5 (SPEC) and its loss."""
+"""Semantic segmentation head on P2..P5 (REFERENCE §3.10) and its loss."""
 from __future__ import annotations
 
 import torch
@@ -59,7 +59,7 @@ class SemanticHead(nn.Module):
 
 def semantic_targets(gt_semantic_seg: Tensor, *, num_thing_classes: int, num_stuff_classes: int,
                      ignore_index: int = 255) -> Tensor:
-    """Contiguous labels -> head classes (SPEC): thing labels (crowd included) -> num_stuff
+    """Contiguous labels -> head classes (REFERENCE §10): thing labels (crowd included) -> num_stuff
     (the 'things' channel), stuff label T + c -> c, anything else -> ignore_index.
 
     gt_semantic_seg: (B, H, W) int -> (B, H, W) int64.
@@ -73,7 +73,7 @@ def semantic_targets(gt_semantic_seg: Tensor, *, num_thing_classes: int, num_stu
 
 
 def semantic_loss(logits: Tensor, targets: Tensor, *, ignore_index: int = 255) -> Tensor:
-    """Cross-entropy at the logits' resolution against targets downsampled with nearest (SPEC).
+    """Cross-entropy at the logits' resolution against targets downsampled with nearest (REFERENCE §10).
 
     logits: (B, K, h, w); targets: (B, H, W) int64 head classes -> scalar (mean over non-ignored).
     """

@@ -21,7 +21,8 @@ import pytest
 from pfpn.runtime import cuda_driver
 from pfpn.runtime.cuda_driver import GpuUnavailableError
 from pfpn.runtime.gpu import launcher
-from pfpn.runtime.gpu.postprocess import KERNEL_SPECS, FusionConfig, ImageGeometry, Launch, launch_plan
+from pfpn.runtime.contract import FusionConfig
+from pfpn.runtime.gpu.device_fusion import KERNEL_SPECS, ImageGeometry, KernelConfig, Launch, launch_plan
 from pfpn.runtime.gpu.triton_aot import TENSORRT10_TARGETS, assemble, entry_param_types, find_ptxas
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,7 +33,6 @@ BUILT = (75,)  # one lowest-target build; the driver JIT-compiles it forward
 def _env_without_interpreter() -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the interpreter tests set it in this process
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -134,11 +134,10 @@ NO_TORCH_NO_TRITON = r"""
 import sys
 sys.modules["torch"] = None      # any import of torch or triton now raises ImportError
 sys.modules["triton"] = None
-sys.path.insert(0, {root!r})
-import pfpn.runtime.gpu, pfpn.runtime.gpu.launcher, pfpn.runtime.gpu.postprocess
-from pfpn.runtime.gpu.postprocess import GpuPostprocessor, FusionConfig, ImageGeometry, launch_plan
+import pfpn.runtime.gpu, pfpn.runtime.gpu.launcher, pfpn.runtime.gpu.device_fusion
+from pfpn.runtime.gpu.device_fusion import GpuPostprocessor, KernelConfig, ImageGeometry, launch_plan
 from pfpn.runtime.cuda_driver import GpuUnavailableError
-steps = launch_plan(FusionConfig(80, 53, 100), ImageGeometry((480, 640), (800, 1067), (800, 1088), (1067 / 640, 800 / 480)),
+steps = launch_plan(KernelConfig(80, 53, 100), ImageGeometry((480, 640), (800, 1067), (800, 1088), (1067 / 640, 800 / 480)),
                     programs=64)
 print("steps", len(steps))
 try:
@@ -158,7 +157,7 @@ assert not loaded, loaded
 
 
 def test_runtime_side_imports_without_torch_and_triton_and_fails_cleanly_without_gpu():
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH_NO_TRITON.format(root=str(ROOT))], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_NO_TRITON], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "steps 205" in proc.stdout  # 2 memsets, sort, 2 x 100 per-instance, semantic, small stuff
@@ -198,36 +197,35 @@ class FakeContext:
 def _metadata(max_detections=100):
     """The fields of runtime.contract.ModelMetadata that GpuPostprocessor.from_metadata reads."""
     return SimpleNamespace(num_thing_classes=80, num_stuff_classes=53, max_detections=max_detections,
-                           mask_threshold=0.5, mask_overlap_threshold=0.5, stuff_area_limit=4096,
-                           instance_offset=1000)
+                           mask_threshold=0.5, fusion=FusionConfig())
 
 
 @pytest.mark.parametrize("capability", [(7, 0), (6, 1)])
 def test_unsupported_gpu_falls_back_to_cpu_postprocessing_with_a_warning(monkeypatch, capability):
-    from pfpn.runtime.gpu import postprocess
+    from pfpn.runtime.gpu import device_fusion
 
     monkeypatch.setattr(cuda_driver, "CudaContext", lambda device=0: FakeContext(capability))
     warnings = []
-    assert postprocess.open_gpu_postprocessor(_metadata(), postprocess="auto", warn=warnings.append) is None
+    assert device_fusion.open_gpu_postprocessor(_metadata(), postprocess="auto", warn=warnings.append) is None
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert warnings[0].startswith("warning: GPU post-processing unavailable")
     assert f"compute capability {capability[0]}.{capability[1]}" in warnings[0]
     assert "CPU (numpy) post-processing" in warnings[0]
     with pytest.raises(GpuUnavailableError, match="no PTX for this GPU"):
-        postprocess.open_gpu_postprocessor(_metadata(), postprocess="gpu", warn=warnings.append)
-    assert postprocess.open_gpu_postprocessor(_metadata(), postprocess="cpu", warn=warnings.append) is None
+        device_fusion.open_gpu_postprocessor(_metadata(), postprocess="gpu", warn=warnings.append)
+    assert device_fusion.open_gpu_postprocessor(_metadata(), postprocess="cpu", warn=warnings.append) is None
     assert len(warnings) == 1  # "gpu" raises, "cpu" asked for numpy: no warning
 
 
 def test_model_outside_the_kernels_limits_falls_back(monkeypatch):
-    from pfpn.runtime.gpu import postprocess
+    from pfpn.runtime.gpu import device_fusion
 
     monkeypatch.setattr(cuda_driver, "CudaContext", lambda device=0: FakeContext((9, 0)))
     warnings = []
-    assert postprocess.open_gpu_postprocessor(_metadata(300), warn=warnings.append) is None
+    assert device_fusion.open_gpu_postprocessor(_metadata(300), warn=warnings.append) is None
     assert "detections" in warnings[0]
     with pytest.raises(ValueError):
-        postprocess.open_gpu_postprocessor(_metadata(300), postprocess="nonsense")
+        device_fusion.open_gpu_postprocessor(_metadata(300), postprocess="nonsense")
 
 
 def test_predict_cli_has_the_postprocess_choice(tmp_path, capsys):
@@ -243,7 +241,7 @@ def test_predict_cli_has_the_postprocess_choice(tmp_path, capsys):
 
 
 def test_plan_covers_every_kernel_with_matching_arguments():
-    steps = launch_plan(FusionConfig(80, 53, 100), ImageGeometry((61, 83), (99, 135), (128, 160), (1.6, 1.6)),
+    steps = launch_plan(KernelConfig(80, 53, 100), ImageGeometry((61, 83), (99, 135), (128, 160), (1.6, 1.6)),
                         programs=8)
     specs = {s.name: s for s in KERNEL_SPECS}
     launched = {s.kernel for s in steps if isinstance(s, Launch)}
@@ -252,11 +250,11 @@ def test_plan_covers_every_kernel_with_matching_arguments():
         if isinstance(s, Launch):
             assert len(s.args) == len(specs[s.kernel].params)
     with pytest.raises(ValueError, match="detections"):
-        launch_plan(FusionConfig(80, 53, 300), ImageGeometry((61, 83), (99, 135), (128, 160), (1.6, 1.6)), programs=8)
+        launch_plan(KernelConfig(80, 53, 300), ImageGeometry((61, 83), (99, 135), (128, 160), (1.6, 1.6)), programs=8)
 
 
 def test_image_pointers_follow_the_contract_layout():
-    from pfpn.runtime.gpu.postprocess import image_pointers
+    from pfpn.runtime.gpu.device_fusion import image_pointers
 
     base = {name: 1 << 20 for name in ("boxes", "scores", "labels", "mask_probs", "num_detections",
                                          "semantic_logits")}
@@ -300,7 +298,7 @@ class RecordingDriver:
         array = (ctypes.c_void_p * len(info.params)).from_address(params)
         values = []
         for (pname, ptype), addr in zip(info.params, array):
-            ct = ctypes.c_uint64 if ptype.startswith("*") else launcher._SCALAR_CTYPES[ptype]
+            ct = ctypes.c_uint64 if ptype.startswith("*") else launcher.SCALAR_CTYPES[ptype]
             values.append(ct.from_address(addr).value)
         self.launches.append(dict(kernel=f, grid=(gx, gy, gz), block=(bx, by, bz), shared=shared, values=values))
         return (0,)
@@ -332,8 +330,7 @@ def test_on_a_real_gpu():
     except GpuUnavailableError as e:
         pytest.skip(f"needs a CUDA GPU: {e}")
     torch = pytest.importorskip("torch")
-    from pfpn.runtime.gpu.postprocess import GpuPostprocessor
-    from pfpn.training.config import FusionConfig as TorchFusionConfig
+    from pfpn.runtime.gpu.device_fusion import GpuPostprocessor
     from pfpn.training.config import ModelConfig
     from pfpn.training.model.panoptic_fpn import Detections
     from pfpn.training.predictor import label_map_single_image
@@ -356,16 +353,16 @@ def test_on_a_real_gpu():
     for name, arr in host.items():
         bufs[name] = cuda_driver.DeviceBuffer(arr.nbytes)
         cuda_driver.copy_to_device(bufs[name].ptr, np.ascontiguousarray(arr), post.stream)
-    out = post.run(**{k: b.ptr for k, b in bufs.items()}, original_size=geometry.original_size,
-                   resized_size=geometry.resized_size, padded_size=geometry.padded_size,
-                   scale_factor=geometry.scale_factor)
+    label_map, kept = post.run(**{k: b.ptr for k, b in bufs.items()}, original_size=geometry.original_size,
+                               resized_size=geometry.resized_size, padded_size=geometry.padded_size,
+                               scale_factor=geometry.scale_factor)
     det = Detections(torch.from_numpy(boxes[:n]), torch.from_numpy(scores[:n]), torch.from_numpy(labels[:n]),
                      torch.from_numpy(probs[:n]))
-    ref = label_map_single_image(det, torch.from_numpy(logits), ModelConfig(fusion=TorchFusionConfig()),
+    ref = label_map_single_image(det, torch.from_numpy(logits), ModelConfig(fusion=FusionConfig()),
                                  padded_size=geometry.padded_size, resized_size=geometry.resized_size,
                                  original_size=geometry.original_size, scale_factor=geometry.scale_factor)
-    assert out.kept.tolist() == ref.kept
-    np.testing.assert_array_equal(out.label_map, ref.label_map.numpy())
+    assert kept.tolist() == ref.kept
+    np.testing.assert_array_equal(label_map, ref.label_map)
     for b in bufs.values():
         b.close()
     post.close()

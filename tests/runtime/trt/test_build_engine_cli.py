@@ -15,7 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from pfpn.plugins.names import CUSTOM_DOMAIN
 from pfpn.runtime import build_engine as be
+from pfpn.runtime.trt.build_plan import UsageError, choose_api, default_out, make_plan, network_flags
 from pfpn.training.data.coco_panoptic import CocoPanopticDataset
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -124,19 +126,19 @@ def test_file_errors(exported, tmp_path, capsys):
 
 
 def test_choose_api_and_plan():
-    assert be.choose_api("auto", "10.13.3.9") == "10" and be.choose_api("auto", "11.4.0.106") == "11"
-    assert be.choose_api("auto", None) == "11" and be.choose_api("11", "10.13.3.9") == "11"
-    with pytest.raises(be.UsageError, match="TensorRT 11 removed the weakly typed API"):
-        be.choose_api("10", "11.0.0.114")
-    p = be.make_plan("10", fp16=True, int8=False)
+    assert choose_api("auto", "10.13.3.9") == "10" and choose_api("auto", "11.4.0.106") == "11"
+    assert choose_api("auto", None) == "11" and choose_api("11", "10.13.3.9") == "11"
+    with pytest.raises(UsageError, match="TensorRT 11 removed the weakly typed API"):
+        choose_api("10", "11.0.0.114")
+    p = make_plan("10", fp16=True, int8=False)
     assert (p.builder_flags, p.strongly_typed, p.onnx_transform, p.calibrator) == (["FP16"], False, "none", False)
-    p = be.make_plan("10", fp16=False, int8=True)
+    p = make_plan("10", fp16=False, int8=True)
     assert (p.builder_flags, p.calibrator, p.needs_calibration_images) == (["INT8"], True, True)
-    p = be.make_plan("11", fp16=True, int8=False)
+    p = make_plan("11", fp16=True, int8=False)
     assert (p.builder_flags, p.strongly_typed, p.onnx_transform) == ([], True, "fp16")
-    p = be.make_plan("11", fp16=False, int8=True)
+    p = make_plan("11", fp16=False, int8=True)
     assert (p.onnx_transform, p.calibrator, p.needs_calibration_images) == ("qdq", False, True)
-    p = be.make_plan("11", fp16=False, int8=False)
+    p = make_plan("11", fp16=False, int8=False)
     assert p.precision == "fp32" and p.clear_flags == ["TF32"] and "strongly typed" in p.describe()
 
 
@@ -146,11 +148,11 @@ def test_network_flags():
         PREFER_AOT_PYTHON_PLUGINS = 3
 
     trt10 = types.SimpleNamespace(NetworkDefinitionCreationFlag=Flags)
-    strong, weak = be.make_plan("11", True, False), be.make_plan("10", True, False)
-    assert be.network_flags(trt10, strong, has_python_plugins=True) == (1 << 1) | (1 << 3)
-    assert be.network_flags(trt10, weak, has_python_plugins=False) == 0
+    strong, weak = make_plan("11", True, False), make_plan("10", True, False)
+    assert network_flags(trt10, strong, has_python_plugins=True) == (1 << 1) | (1 << 3)
+    assert network_flags(trt10, weak, has_python_plugins=False) == 0
     trt11 = types.SimpleNamespace(NetworkDefinitionCreationFlag=type("F", (), {}))  # always strongly typed
-    assert be.network_flags(trt11, strong, has_python_plugins=True) == 0
+    assert network_flags(trt11, strong, has_python_plugins=True) == 0
 
 
 def test_dry_run_fp16_strongly_typed(exported, capsys):
@@ -163,7 +165,7 @@ def test_dry_run_fp16_strongly_typed(exported, capsys):
     model = onnx.load(str(saved))
     types_ = collections.Counter(i.data_type for i in model.graph.initializer)
     assert types_[TensorProto.FLOAT16] > 40
-    assert sorted({n.op_type for n in model.graph.node if n.domain == be.CUSTOM_DOMAIN}) == \
+    assert sorted({n.op_type for n in model.graph.node if n.domain == CUSTOM_DOMAIN}) == \
         ["BatchedNMS", "MultiLevelRoIAlign"]
     assert not (exported / "tiny_trt.engine").exists()
 
@@ -191,8 +193,8 @@ def test_default_engine_name_is_the_one_the_readme_predicts_with():
     import re
     import shlex
 
-    assert be.default_out(Path("w/model_trt.onnx"), "fp16") == Path("w/model_trt_fp16.engine")
-    assert be.default_out(Path("model_ort.onnx"), "fp32") == Path("model_ort_fp32.engine")
+    assert default_out(Path("w/model_trt.onnx"), "fp16") == Path("w/model_trt_fp16.engine")
+    assert default_out(Path("model_ort.onnx"), "fp32") == Path("model_ort_fp32.engine")
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     lines = [line.split("#")[0].strip() for line in readme.splitlines()]
     builds = [i for i, line in enumerate(lines) if line.startswith("python runtime/build_engine.py")]
@@ -203,7 +205,7 @@ def test_default_engine_name_is_the_one_the_readme_predicts_with():
             continue
         onnx_path = Path(argv[argv.index("--onnx") + 1])
         precision = "fp16" if "--fp16" in argv else "int8" if "--int8" in argv else "fp32"
-        engine = str(be.default_out(onnx_path, precision))
+        engine = str(default_out(onnx_path, precision))
         later = [line for line in lines[i + 1:] if line.startswith("python runtime/predict.py")]
         assert later and re.search(rf"--model {re.escape(engine)}(\s|$)", later[0]), (lines[i], later[:1])
         checked += 1

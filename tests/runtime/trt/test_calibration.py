@@ -22,7 +22,7 @@ def _write_images(folder, sizes):
 
 
 def test_fit_size_is_the_runtime_resize_when_it_fits():
-    assert cal.fit_size(640, 480, 1333, 800, 800, 1344) == (1067, 800)  # SPEC: 800 / 480 scale
+    assert cal.fit_size(640, 480, 1333, 800, 800, 1344) == (1067, 800)  # REFERENCE §2: 800 / 480 scale
     assert cal.fit_size(480, 640, 1333, 800, 1344, 1344) == (800, 1067)  # portrait, square profile
     # portrait image in a landscape profile: shrunk further to fit 800 rows, ratio kept
     w, h = cal.fit_size(480, 640, 1333, 800, 800, 1344)
@@ -32,7 +32,8 @@ def test_fit_size_is_the_runtime_resize_when_it_fits():
 def test_prepared_image_equals_runtime_preprocessing_plus_padding():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
-    padded, (h, w) = cal.prepare_calibration_image(image, 224, 256, 256, 192)
+    feed = cal.make_feed([image], max_long_side=256, max_short_side=192, box=(224, 256))
+    padded, (h, w) = feed["images"][0], feed["image_sizes"][0].tolist()
     resized, _ = resize_image(image, 256, 192)
     assert (h, w) == resized.shape[:2] == (192, 256)
     assert padded.shape == (224, 256, 3) and padded.dtype == np.uint8
@@ -45,7 +46,8 @@ def test_batches_from_a_folder(tmp_path):
     paths = list_images(folder)
     assert [p.name for p in paths] == ["000.png", "001.png", "002.png", "003.png", "004.png"]
     assert len(list_images(folder, count=2)) == 2
-    batches = list(cal.iter_batches(paths, 2, 96, 128, 128, 96))
+    batches = list(cal.calibration_feeds(paths, batch=2, box=(96, 128), max_long_side=128,
+                                         max_short_side=96))
     assert len(batches) == 2 == cal.num_batches(5, 2)  # the incomplete last group is dropped
     for b in batches:
         assert b["images"].shape == (2, 96, 128, 3) and b["images"].dtype == np.uint8
@@ -58,11 +60,12 @@ def test_batches_from_a_folder(tmp_path):
 def test_errors(tmp_path):
     folder = _write_images(tmp_path / "imgs", [(40, 40)])
     with pytest.raises(CalibrationError, match="fewer than the batch"):
-        list(cal.iter_batches(list_images(folder), 2, 64, 64, 64, 64))
+        list(cal.calibration_feeds(list_images(folder), batch=2, box=(64, 64), max_long_side=64,
+                                   max_short_side=64))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(ImageError, match="cannot decode"):
-        next(cal.iter_batches([bad], 1, 64, 64, 64, 64))
+        next(cal.calibration_feeds([bad], box=(64, 64), max_long_side=64, max_short_side=64))
 
 
 def test_trt10_calibrator_needs_tensorrt():

@@ -61,17 +61,18 @@ def test_the_export_before_the_uint8_fix_is_flagged(tiny_checkpoint, tmp_path, m
     from pfpn.export import graph as export_graph
     from pfpn.export import to_onnx
 
-    def transpose_then_cast(self, images, image_sizes):  # export/graph.py before the fix
+    def transpose_then_cast(images, image_sizes, mean, std):  # the export's normalize_padded before the fix
         import torch
 
         x = images.permute(0, 3, 1, 2).float()[:, [2, 1, 0]]
-        x = (x - self.mean) / self.std
+        x = (x - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)) / torch.tensor(
+            std, dtype=torch.float32).view(1, 3, 1, 1)
         rows = torch.arange(x.shape[2]).view(1, -1, 1)
         cols = torch.arange(x.shape[3]).view(1, 1, -1)
         valid = (rows < image_sizes[:, 0].view(-1, 1, 1)) & (cols < image_sizes[:, 1].view(-1, 1, 1))
         return torch.where(valid.unsqueeze(1), x, torch.zeros_like(x))
 
-    monkeypatch.setattr(export_graph.ExportablePanopticFPN, "preprocess", transpose_then_cast)
+    monkeypatch.setattr(export_graph, "normalize_padded", transpose_then_cast)
     old = tmp_path / "old.onnx"
     assert to_onnx.main(["--ckpt", str(tiny_checkpoint), "--out", str(old), "--threads", "1"]) == 0
     errors = check_onnx(onnx.load(str(old))).errors

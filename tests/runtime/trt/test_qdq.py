@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pfpn.runtime.trt import qdq
-from pfpn.runtime.trt.calibration import make_batch
+from pfpn.runtime.trt.calibration import make_feed
 from pfpn.runtime.trt.fp16 import sensitive_producers
 from pfpn.training.data.coco_panoptic import CocoPanopticDataset
 
@@ -25,7 +25,8 @@ def exported(tiny_onnx):
 @pytest.fixture(scope="module")
 def batches(synthetic_root):
     ds = CocoPanopticDataset(synthetic_root, "val")
-    return [make_batch([ds[i]["image"]], 192, 256, 256, 192) for i in range(4)]
+    return [make_feed([ds[i]["image"]], max_long_side=256, max_short_side=192, box=(192, 256))
+            for i in range(4)]
 
 
 def _session(model):

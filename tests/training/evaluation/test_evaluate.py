@@ -8,7 +8,7 @@ import pytest
 from pfpn.runtime.panoptic_io import read_panoptic_png
 from pfpn.runtime.result import PanopticResult
 from pfpn.training.data.coco_panoptic import CocoPanopticDataset
-from pfpn.training.evaluation.evaluate import evaluate
+from pfpn.training.evaluation.evaluate_dataset import evaluate
 
 
 class OraclePredictor:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pfpn.training.model.anchors import base_anchors, grid_anchors
-from pfpn.training.model.box_ops import DELTA_WH_CLAMP, batched_nms, box_iou, decode_boxes, encode_boxes, nms
+from pfpn.training.model.box_ops import (DELTA_WH_CLAMP, apply_deltas, box_iou, clip_boxes, decode_boxes, encode_boxes,
+                                         grouped_nms, nms)
 
 
 def test_base_anchors_hand_computed():
@@ -59,6 +60,19 @@ def test_decode_several_boxes_per_roi():
     torch.testing.assert_close(out, torch.tensor([[0.0, 0.0, 10.0, 20.0, -4.0, -4.0, 16.0, 16.0]]))
 
 
+def test_batched_decode_and_per_image_clipping():
+    # what the export graph runs: (B, P, 1, 4) boxes broadcast against (B, P, K, 4) deltas, each
+    # image clipped to its own (h, w)
+    roi = torch.tensor([[[[0.0, 0.0, 10.0, 20.0]]], [[[0.0, 0.0, 10.0, 20.0]]]])
+    deltas = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.1, -0.2, math.log(2.0), 0.0]]).expand(2, 1, 2, 4)
+    boxes = apply_deltas(roi, deltas)
+    assert boxes.shape == (2, 1, 2, 4)
+    torch.testing.assert_close(boxes[1, 0], torch.tensor([[0.0, 0.0, 10.0, 20.0], [-4.0, -4.0, 16.0, 16.0]]))
+    clipped = clip_boxes(boxes, torch.tensor([[15.0, 12.0], [100.0, 8.0]]))
+    torch.testing.assert_close(clipped[0, 0], torch.tensor([[0.0, 0.0, 10.0, 15.0], [0.0, 0.0, 12.0, 15.0]]))
+    torch.testing.assert_close(clipped[1, 0], torch.tensor([[0.0, 0.0, 8.0, 20.0], [0.0, 0.0, 8.0, 16.0]]))
+
+
 def test_encode_inverts_decode():
     roi = torch.tensor([[0.0, 0.0, 10.0, 20.0]])
     gt = torch.tensor([[-4.0, -4.0, 16.0, 16.0]])
@@ -106,11 +120,11 @@ def test_nms_tie_order_matches_reference_greedy():
     assert nms(boxes, scores, 0.5).tolist() == _greedy_nms(boxes, scores, 0.5)
 
 
-def test_batched_nms_groups_do_not_suppress_each_other():
+def test_grouped_nms_groups_do_not_suppress_each_other():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 3)
     scores = torch.tensor([0.5, 0.9, 0.7])
     groups = torch.tensor([0, 1, 0])
-    assert batched_nms(boxes, scores, groups, 0.5).tolist() == [1, 2]
+    assert grouped_nms(boxes, scores, groups, 0.5).tolist() == [1, 2]
 
 
 def test_nms_empty():

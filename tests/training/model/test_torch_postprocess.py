@@ -1,7 +1,8 @@
-"""Mask pasting, semantic upsampling and the heuristic fusion on hand-built cases (SPEC)."""
+"""Mask pasting, semantic upsampling and the heuristic fusion on hand-built cases (REFERENCE §4-§5)."""
 import torch
 
-from pfpn.training.model.postprocess import heuristic_fusion, paste_masks, upsample_semantic_logits
+from pfpn.runtime.contract import FusionConfig
+from pfpn.training.model.panoptic_fusion import heuristic_fusion, paste_masks, upsample_semantic_logits
 
 T, S = 2, 2  # thing and stuff classes in these cases; VOID = 4
 
@@ -58,7 +59,8 @@ def test_fusion_overlap_skip_and_occlusion_order():
     labels = torch.tensor([0, 1, 0])
     scores = torch.tensor([0.7, 0.9, 0.8])
     logits = _logits(torch.full((h, w), 0), h, w)  # all stuff 0 (label T + 0 = 2)
-    pan, kept = heuristic_fusion(masks, labels, scores, logits, num_thing_classes=T, stuff_area_limit=1)
+    pan, kept = heuristic_fusion(masks, labels, scores, logits, num_thing_classes=T,
+                                 fusion=FusionConfig(stuff_area_limit=1))
     assert kept == [1, 2]  # B then C; A: columns 0..3, 12 of 16 px taken (> 0.5) -> skipped
     expected = torch.full((h, w), 2, dtype=torch.long)
     expected[:, 2:6] = 1 + 1 * 1000  # B: label 1, instance 1
@@ -71,7 +73,8 @@ def test_fusion_exactly_half_covered_is_kept():
     masks[0, :, 0:2] = True
     masks[1, :, 1:3] = True  # 4 px, 2 covered: 0.5 is not > 0.5 -> kept
     pan, kept = heuristic_fusion(masks, torch.tensor([0, 1]), torch.tensor([0.9, 0.8]),
-                                 _logits(torch.zeros(2, 4), 2, 4), num_thing_classes=T, stuff_area_limit=1)
+                                 _logits(torch.zeros(2, 4), 2, 4), num_thing_classes=T,
+                                 fusion=FusionConfig(stuff_area_limit=1))
     assert kept == [0, 1]
     assert pan[:, 2].tolist() == [1 + 2000, 1 + 2000]
 
@@ -80,7 +83,8 @@ def test_fusion_empty_mask_does_not_take_a_number():
     masks = torch.zeros(2, 2, 4, dtype=torch.bool)
     masks[1, :, :2] = True
     pan, kept = heuristic_fusion(masks, torch.tensor([0, 1]), torch.tensor([0.9, 0.8]),
-                                 _logits(torch.zeros(2, 4), 2, 4), num_thing_classes=T, stuff_area_limit=1)
+                                 _logits(torch.zeros(2, 4), 2, 4), num_thing_classes=T,
+                                 fusion=FusionConfig(stuff_area_limit=1))
     assert kept == [1]
     assert pan[0, 0] == 1 + 1000
 
@@ -91,7 +95,8 @@ def test_fusion_things_channel_and_small_stuff_become_void():
     stuff[:, 4:] = S      # 'things' channel, no instance there -> VOID
     stuff[0, 0] = 1       # a 1-pixel region of stuff 1 -> under the area limit -> VOID
     pan, kept = heuristic_fusion(torch.zeros(0, h, w, dtype=torch.bool), torch.zeros(0, dtype=torch.long),
-                                 torch.zeros(0), _logits(stuff, h, w), num_thing_classes=T, stuff_area_limit=2)
+                                 torch.zeros(0), _logits(stuff, h, w), num_thing_classes=T,
+                                 fusion=FusionConfig(stuff_area_limit=2))
     void = T + S
     expected = torch.full((h, w), T + 0)
     expected[:, 4:] = void
@@ -107,6 +112,6 @@ def test_fusion_stuff_area_counted_after_instances():
     masks[0, :, :2] = True
     masks[0, 0, 2] = True
     pan, _ = heuristic_fusion(masks, torch.tensor([1]), torch.tensor([0.9]), _logits(torch.zeros(h, w), h, w),
-                              num_thing_classes=T, stuff_area_limit=4)
+                              num_thing_classes=T, fusion=FusionConfig(stuff_area_limit=4))
     assert (pan[masks[0]] == 1 + 1000).all()
     assert (pan[~masks[0]] == T + S).all()

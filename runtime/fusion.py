@@ -1,4 +1,4 @@
-"""Torch-free post-processing of one image's model outputs: the heuristic panoptic fusion (SPEC
+"""Torch-free post-processing of one image's model outputs: the heuristic panoptic fusion (REFERENCE §5
 "Model" and "Panoptic fusion") over the pasted masks and the semantic labels.
 
 The result is the PyTorch reference's map (``training.predictor.label_map_single_image``),
@@ -22,66 +22,19 @@ source index and interpolation); they are emulated in float64 and rounded once
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
 
 import cv2
 import numpy as np
 
+from pfpn.runtime.contract import FusionConfig
 from pfpn.runtime.float32_ops import F32
 from pfpn.runtime.mask_paste import MaskPaster
-from pfpn.runtime.categories import CategoryTable
 from pfpn.runtime.panoptic_io import VOID_ID
-from pfpn.runtime.result import PanopticResult, segments_info
+from pfpn.runtime.result import PanopticMap, SegmentTable
 from pfpn.runtime.semantic_labels import SemanticWindows, analyse_semantic_windows, label_undecided_pixels
 from pfpn.runtime.torch_sort import fusion_order
 
-__all__ = ["PostprocessOutput", "postprocess_single_image", "to_panoptic_result"]
-
-
-# ----------------------------------------------------------------------------------------------
-# output
-@dataclass
-class PostprocessOutput:
-    """One image's post-processing result.
-
-    ``label_map``: (H, W) int64 model-level map, as ``label_map_single_image``: ``label + k *
-    instance_offset`` for kept instance k (1-based), stuff labels T..T+S-1, VOID = T + S.
-    ``kept``: detection indices in instance order (``kept[k - 1]`` became instance k).
-    The segment table (one row per non-void segment, ascending id, as ``np.unique`` of the map
-    would give) lets :func:`to_panoptic_result` build the COCO form without scanning the map.
-    """
-
-    label_map: np.ndarray
-    kept: list[int]
-    segment_ids: np.ndarray  # (n,) int64
-    segment_areas: np.ndarray  # (n,) int64 pixel counts
-    segment_bboxes: np.ndarray  # (n, 4) int64 tight [x, y, w, h]
-    void_label: int
-    instance_offset: int
-    timings: dict[str, float] = field(default_factory=dict, repr=False)  # seconds per part
-    boundary_pixels: int = 0  # pixels whose semantic label needed the full interpolation
-    _code: np.ndarray | None = field(default=None, repr=False)  # (H, W) compact codes
-    _id_lut: np.ndarray | None = field(default=None, repr=False)  # code -> COCO id (VOID -> 0)
-
-    def id_map(self) -> np.ndarray:
-        """(H, W) int64 COCO segment ids (VOID -> 0)."""
-        if self._code is not None and self._id_lut is not None:
-            return np.take(self._id_lut, self._code)
-        labels = self.label_map % self.instance_offset
-        return np.where(labels == self.void_label, VOID_ID, self.label_map)
-
-
-def to_panoptic_result(output: PostprocessOutput, categories: CategoryTable, scores: Sequence[float] | np.ndarray
-                       ) -> PanopticResult:
-    """The COCO form of ``output``; identical to ``runtime.result.panoptic_result_from_label_map(
-    output.label_map, categories, instance_scores=scores[output.kept], ...)`` without its
-    ``np.unique`` over every pixel. ``scores``: the scores of all N detections given to
-    :func:`postprocess_single_image`."""
-    kept_scores = np.asarray(scores)[np.asarray(output.kept, dtype=np.int64)]
-    segments = segments_info(output.segment_ids, output.segment_areas, output.segment_bboxes, categories,
-                             kept_scores, output.instance_offset)
-    return PanopticResult(id_map=output.id_map(), segments_info=segments)
+__all__ = ["postprocess_single_image"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,15 +47,16 @@ def postprocess_single_image(boxes: np.ndarray, scores: np.ndarray, labels: np.n
                              semantic_logits: np.ndarray, *, resized_size: tuple[int, int],
                              original_size: tuple[int, int], scale_factor: tuple[float, float],
                              num_thing_classes: int, mask_threshold: float = 0.5,
-                             mask_overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
-                             instance_offset: int = 1000) -> PostprocessOutput:
-    """One image's valid contract outputs -> the model-level panoptic map (SPEC).
+                             fusion: FusionConfig = FusionConfig()) -> PanopticMap:
+    """One image's valid contract outputs -> the model-level panoptic map (REFERENCE §5), with its
+    segment table (``runtime.result.to_panoptic_result`` then needs no pass over the pixels).
 
     boxes: (N, 4) float32 x1, y1, x2, y2 in resized-input pixels; scores: (N,); labels: (N,)
     thing labels; mask_probs: (N, 28, 28) probabilities; semantic_logits: (S + 1, Hp / 4, Wp / 4)
     stride-4 logits of the padded input; resized_size: (h, w) of the resized image inside the
     padding; original_size: (H, W); scale_factor: (new_w / W, new_h / H).
     """
+    instance_offset = fusion.instance_offset
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     height, width = int(original_size[0]), int(original_size[1])
@@ -135,7 +89,7 @@ def postprocess_single_image(boxes: np.ndarray, scores: np.ndarray, labels: np.n
     kept: list[int] = []
     inst_area: list[int] = []
     inst_bbox: list[list[int]] = []
-    thr_overlap = F32(mask_overlap_threshold)
+    thr_overlap = F32(fusion.mask_overlap_threshold)
     tables = MaskPaster(boxes_orig, mask_probs.shape[1:], height, width)
     for idx in fusion_order(scores).tolist():
         y0, x0, mask = tables.paste(idx, mask_probs[idx], mask_threshold)
@@ -170,7 +124,7 @@ def postprocess_single_image(boxes: np.ndarray, scores: np.ndarray, labels: np.n
 
     # stuff area limit, final labels
     counts = _code_histogram(code, num_stuff + 1)
-    stuff_ok = counts[:num_stuff] >= stuff_area_limit
+    stuff_ok = counts[:num_stuff] >= fusion.stuff_area_limit
     lut = np.full(undecided + 1 + len(kept), void, dtype=np.int64)
     lut[:num_stuff] = np.where(stuff_ok, num_thing_classes + np.arange(num_stuff), void)
     kept_labels = labels[np.asarray(kept, dtype=np.int64)]
@@ -189,10 +143,10 @@ def postprocess_single_image(boxes: np.ndarray, scores: np.ndarray, labels: np.n
     seg_boxes = np.concatenate([stuff_boxes.reshape(-1, 4), np.asarray(inst_bbox, dtype=np.int64).reshape(-1, 4)])
     timings["segments"] = time.perf_counter() - t_fin
     timings["total"] = time.perf_counter() - t_start
-    return PostprocessOutput(label_map=label_map, kept=kept, segment_ids=seg_ids, segment_areas=seg_areas,
-                             segment_bboxes=seg_boxes.astype(np.int64), void_label=void,
-                             instance_offset=instance_offset, timings=timings, boundary_pixels=int(pix.size),
-                             _code=code, _id_lut=id_lut)
+    table = SegmentTable(ids=seg_ids, areas=seg_areas, bboxes=seg_boxes.astype(np.int64), codes=code, code_ids=id_lut)
+    return PanopticMap(label_map=label_map, kept=kept, boxes=boxes_orig, scores=scores.copy(), labels=labels,
+                       instance_offset=instance_offset, segments=table, part_seconds=timings,
+                       boundary_pixels=int(pix.size))
 
 
 def _code_histogram(code: np.ndarray, bins: int) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Post-processing of the PyTorch predictor: mask pasting, semantic upsampling, heuristic fusion.
+"""The PyTorch predictor's panoptic fusion: mask pasting, semantic upsampling, heuristic fusion.
 
-These follow SPEC and the reference implementation operation by operation, so that a published
+These follow REFERENCE §4-§5 and the reference implementation operation by operation, so that a published
 checkpoint gives the reference's panoptic id map exactly. (The torch-free runtime has its own
 implementation, compared against these in tests.)
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pfpn.runtime.contract import FusionConfig
 
 
 def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5) -> Tensor:
@@ -47,7 +49,7 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], 
 
 def upsample_semantic_logits(logits: Tensor, *, padded_size: tuple[int, int], resized_size: tuple[int, int],
                              original_size: tuple[int, int]) -> Tensor:
-    """Stride-4 logits -> original resolution (SPEC): bilinear to the padded input size, crop to
+    """Stride-4 logits -> original resolution (REFERENCE §4.4): bilinear to the padded input size, crop to
     the resized image, bilinear to the original size (align_corners=False both times).
 
     logits: (K, h/4, w/4) -> (K, H_orig, W_orig).
@@ -58,19 +60,19 @@ def upsample_semantic_logits(logits: Tensor, *, padded_size: tuple[int, int], re
 
 
 def heuristic_fusion(masks: Tensor, labels: Tensor, scores: Tensor, semantic_logits: Tensor, *,
-                     num_thing_classes: int, mask_overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
-                     instance_offset: int = 1000) -> tuple[Tensor, list[int]]:
-    """Panoptic fusion (SPEC) -> ((H, W) int64 id map, indices of the kept detections in
+                     num_thing_classes: int, fusion: FusionConfig = FusionConfig()) -> tuple[Tensor, list[int]]:
+    """Panoptic fusion (REFERENCE §5) -> ((H, W) int64 id map, indices of the kept detections in
     instance order: kept[k - 1] is the detection that became instance k).
 
     Instances by descending score: skip empty masks and those whose mask is more than
-    ``mask_overlap_threshold`` covered by earlier kept instances; a kept instance k (1-based)
-    takes its free pixels as ``label + k * instance_offset``. Other pixels get the semantic argmax
-    + num_thing_classes (the 'things' channel becomes VOID = num_thing_classes + num_stuff).
-    Stuff labels with fewer than ``stuff_area_limit`` pixels become VOID.
+    ``fusion.mask_overlap_threshold`` covered by earlier kept instances; a kept instance k
+    (1-based) takes its free pixels as ``label + k * fusion.instance_offset``. Other pixels get the
+    semantic argmax + num_thing_classes (the 'things' channel becomes VOID = num_thing_classes +
+    num_stuff). Stuff labels with fewer than ``fusion.stuff_area_limit`` pixels become VOID.
 
     masks: (N, H, W) bool; labels: (N,) int64; scores: (N,); semantic_logits: (num_stuff + 1, H, W).
     """
+    instance_offset = fusion.instance_offset
     num_stuff_classes = semantic_logits.shape[0] - 1
     void = num_thing_classes + num_stuff_classes
     height, width = semantic_logits.shape[-2:]
@@ -88,7 +90,7 @@ def heuristic_fusion(masks: Tensor, labels: Tensor, scores: Tensor, semantic_log
             covered = (mask & taken).sum()
             # The reference's float32 arithmetic, kept as is: for masks of millions of pixels
             # it can differ from the exact 2 * covered > area.
-            if bool(covered / (area + 1e-5) > mask_overlap_threshold):
+            if bool(covered / (area + 1e-5) > fusion.mask_overlap_threshold):
                 continue
             kept.append(idx)
             instance_map[mask & ~taken] = len(kept)
@@ -96,7 +98,7 @@ def heuristic_fusion(masks: Tensor, labels: Tensor, scores: Tensor, semantic_log
     for k, idx in enumerate(kept, start=1):
         panoptic[instance_map == k] = int(labels[idx]) + k * instance_offset
     ids, counts = torch.unique(panoptic % instance_offset, return_counts=True)
-    small_stuff = ids[(ids >= num_thing_classes) & (counts < stuff_area_limit)]
+    small_stuff = ids[(ids >= num_thing_classes) & (counts < fusion.stuff_area_limit)]
     if small_stuff.numel():
         panoptic[torch.isin(panoptic, small_stuff)] = void
     return panoptic, kept

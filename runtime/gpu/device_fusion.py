@@ -3,8 +3,8 @@ by the network: mask pasting, panoptic fusion and semantic argmax, with only the
 int32 label map (and the tiny list of kept detections) copied back. Torch-free, Triton-free:
 the kernels (``runtime/gpu/kernels.py``) are precompiled PTX launched through cuda-python.
 
-Same semantics as ``training/model/postprocess.py`` composed as in
-``training/predictor.py:label_map_single_image`` (and the numpy ``runtime/postprocess.py``):
+Same semantics as ``training/model/panoptic_fusion.py`` composed as in
+``training/predictor.py:label_map_single_image`` (and the numpy ``runtime/fusion.py``):
 label map values ``label + k * instance_offset`` for kept instance k (1-based, in fusion order),
 stuff labels ``T .. T + S - 1``, VOID ``T + S``.
 
@@ -31,7 +31,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from pfpn.runtime import cuda_driver
-from pfpn.runtime.contract import MASK_SIZE, SEMANTIC_STRIDE
+from pfpn.runtime.contract import MASK_SIZE, SEMANTIC_STRIDE, FusionConfig
 
 SORT_BLOCK = 128  # max detections per image the sort kernel handles (contract default: 100)
 HIST_BINS = 128  # max stuff classes
@@ -144,14 +144,15 @@ class WorkspaceLayout:
 
 
 @dataclass(frozen=True)
-class FusionConfig:
+class KernelConfig:
+    """What the kernels know of the model: class counts, detection slots, the mask threshold and
+    the fusion parameters (the runtime's one :class:`runtime.contract.FusionConfig`)."""
+
     num_thing_classes: int
     num_stuff_classes: int
     max_detections: int
     mask_threshold: float = 0.5
-    mask_overlap_threshold: float = 0.5
-    stuff_area_limit: int = 4096
-    instance_offset: int = 1000
+    fusion: FusionConfig = FusionConfig()
     mask_size: int = MASK_SIZE
 
     def validate(self) -> None:
@@ -160,7 +161,7 @@ class FusionConfig:
                              f"not {self.max_detections}")
         if not 1 <= self.num_stuff_classes <= HIST_BINS:
             raise ValueError(f"GPU post-processing handles 1..{HIST_BINS} stuff classes, not {self.num_stuff_classes}")
-        if self.num_thing_classes + self.num_stuff_classes >= self.instance_offset:
+        if self.num_thing_classes + self.num_stuff_classes >= self.fusion.instance_offset:
             raise ValueError("instance_offset must exceed the number of labels (things + stuff + VOID)")
         if self.mask_size < 1:
             raise ValueError("mask_size must be positive")
@@ -200,7 +201,7 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def launch_plan(config: FusionConfig, geometry: ImageGeometry, *, programs: int) -> list[Step]:
+def launch_plan(config: KernelConfig, geometry: ImageGeometry, *, programs: int) -> list[Step]:
     """Every memset and kernel launch for one image, in stream order. ``programs``: grid size of
     the per-instance kernels (they loop over the instance's region tiles)."""
     config.validate()
@@ -214,7 +215,7 @@ def launch_plan(config: FusionConfig, geometry: ImageGeometry, *, programs: int)
     sx, sy = (np.float32(v) for v in geometry.scale_factor)  # the reference divides by float32 factors
     m = config.mask_size
     mask_thr = np.float32(config.mask_threshold)
-    overlap_thr = np.float32(config.mask_overlap_threshold)
+    overlap_thr = np.float32(config.fusion.mask_overlap_threshold)
     ws = WorkspaceLayout.for_detections(d)
     programs = max(1, min(int(programs), cdiv(h, _IT) * cdiv(w, _IW)))
     steps: list[Step] = [Memset("workspace", ws.size), Memset("label_map", h * w)]
@@ -228,19 +229,19 @@ def launch_plan(config: FusionConfig, geometry: ImageGeometry, *, programs: int)
                             (slot, Buf("boxes"), Buf("mask_probs"), Buf("labels"), Buf("num_detections"),
                              Buf("workspace", ws.order), Buf("label_map"), Buf("workspace", ws.stats),
                              Buf("workspace", ws.count), Buf("workspace", ws.kept), h, w, m, sx, sy, mask_thr,
-                             overlap_thr, config.instance_offset)))
+                             overlap_thr, config.fusion.instance_offset)))
     steps.append(Launch("semantic_kernel", (cdiv(w, _SW), cdiv(h, _ST), 1),
                         (Buf("semantic_logits"), Buf("label_map"), Buf("workspace", ws.hist), h, w, rh, rw, ph, pw,
                          lh, lw, s, t)))
     steps.append(Launch("small_stuff_kernel", (cdiv(h * w, SMALL_STUFF_BLOCK), 1, 1),
-                        (Buf("label_map"), Buf("workspace", ws.hist), h * w, s, t, config.stuff_area_limit)))
+                        (Buf("label_map"), Buf("workspace", ws.hist), h * w, s, t, config.fusion.stuff_area_limit)))
     for step in steps:
         if isinstance(step, Launch):
             assert len(step.args) == len(SPECS_BY_NAME[step.kernel].params), step.kernel
     return steps
 
 
-def read_back(label_map: np.ndarray, workspace: np.ndarray, config: FusionConfig) -> tuple[np.ndarray, np.ndarray]:
+def read_back(label_map: np.ndarray, workspace: np.ndarray, config: KernelConfig) -> tuple[np.ndarray, np.ndarray]:
     """(label map (H, W) int32, kept detection indices int32 [K]) from the copied-back buffers."""
     ws = WorkspaceLayout.for_detections(config.max_detections)
     num_kept = int(workspace[ws.count + config.max_detections])
@@ -249,12 +250,6 @@ def read_back(label_map: np.ndarray, workspace: np.ndarray, config: FusionConfig
 
 # ----------------------------------------------------------------------------------------------
 # the GPU post-processor
-
-
-@dataclass
-class GpuLabelMap:
-    label_map: np.ndarray  # (H, W) int32 model-level labels
-    kept: np.ndarray  # int32 [K]: kept[k - 1] = detection row that became instance k
 
 
 _ITEMSIZE = {"boxes": 4, "scores": 4, "labels": 8, "mask_probs": 4, "num_detections": 8, "semantic_logits": 4,
@@ -298,19 +293,20 @@ class GpuPostprocessor:
     ``run(boxes=..., scores=..., labels=..., mask_probs=..., num_detections=...,
     semantic_logits=..., original_size=..., resized_size=..., padded_size=..., scale_factor=...)``
     takes DEVICE pointers (ints or CUDA-array-interface objects) to one image's rows of the
-    contract outputs (shapes in :data:`BUFFERS`, D = max_detections) and returns
-    :class:`GpuLabelMap`. Raises :class:`runtime.cuda_driver.GpuUnavailableError` (a
+    contract outputs (shapes in :data:`BUFFERS`, D = max_detections) and returns (label map
+    (H, W) int32, kept detection rows int32 [K]) as :func:`read_back` (the TensorRT backend adds
+    the host detections to make a ``runtime.result.PanopticMap``). Raises :class:`runtime.cuda_driver.GpuUnavailableError` (a
     RuntimeError) when no CUDA driver/GPU or no PTX for the device is available.
     """
 
     def __init__(self, *, num_thing_classes: int, num_stuff_classes: int, max_detections: int,
-                 mask_threshold: float = 0.5, mask_overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
-                 instance_offset: int = 1000, mask_size: int = MASK_SIZE, device: int = 0, stream: Any = None,
-                 ptx_dir: Any = None, programs: int | None = None) -> None:
+                 mask_threshold: float = 0.5, fusion: FusionConfig = FusionConfig(), mask_size: int = MASK_SIZE,
+                 device: int = 0, stream: Any = None, ptx_dir: Any = None, programs: int | None = None) -> None:
         from pfpn.runtime.gpu import launcher
 
-        self.config = FusionConfig(num_thing_classes, num_stuff_classes, max_detections, mask_threshold,
-                                   mask_overlap_threshold, stuff_area_limit, instance_offset, mask_size)
+        self.config = KernelConfig(num_thing_classes=num_thing_classes, num_stuff_classes=num_stuff_classes,
+                                   max_detections=max_detections, mask_threshold=mask_threshold, fusion=fusion,
+                                   mask_size=mask_size)
         self.config.validate()
         self.context = cuda_driver.CudaContext(device)
         self.kernels = launcher.KernelModule(self.context, ptx_dir or launcher.PTX_DIR)
@@ -329,8 +325,7 @@ class GpuPostprocessor:
         """From a :class:`runtime.contract.ModelMetadata`."""
         return cls(num_thing_classes=metadata.num_thing_classes, num_stuff_classes=metadata.num_stuff_classes,
                    max_detections=metadata.max_detections, mask_threshold=metadata.mask_threshold,
-                   mask_overlap_threshold=metadata.mask_overlap_threshold,
-                   stuff_area_limit=metadata.stuff_area_limit, instance_offset=metadata.instance_offset, **kwargs)
+                   fusion=metadata.fusion, **kwargs)
 
     def _label_map_buffer(self, nbytes: int) -> Any:
         if self._label_map is None or self._label_map.nbytes < nbytes:
@@ -379,8 +374,9 @@ class GpuPostprocessor:
                 item.launch(self.stream)
         return out.ptr
 
-    def run(self, **kwargs: Any) -> GpuLabelMap:
-        """:meth:`enqueue`, copy the label map and kept list back, synchronise."""
+    def run(self, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`enqueue`, copy the label map and kept list back, synchronise -> (label map
+        (H, W) int32, kept detection rows int32 [K])."""
         h, w = kwargs["original_size"]
         ptr = self.enqueue(**kwargs)
         label_map = np.empty((h, w), dtype=np.int32)
@@ -388,8 +384,7 @@ class GpuPostprocessor:
         cuda_driver.copy_ptr_to_host(label_map, ptr, label_map.nbytes, self.stream)
         cuda_driver.copy_ptr_to_host(workspace, self.workspace.ptr, workspace.nbytes, self.stream)
         self.stream.synchronize()
-        label_map, kept = read_back(label_map, workspace, self.config)
-        return GpuLabelMap(label_map, kept)
+        return read_back(label_map, workspace, self.config)
 
     def close(self) -> None:
         for obj in (self._label_map, self.workspace, self.kernels, self.stream):

@@ -17,7 +17,10 @@ from pfpn.runtime.result import PanopticResult
 from pfpn.training.evaluation.pq import PQResult, pq_compute
 
 
-class Predictor(Protocol):
+class SupportsPredict(Protocol):
+    """What :func:`evaluate` needs of a predictor (``training.predictor.PanopticPredictor``,
+    ``runtime.Predictor``, a Triton client...)."""
+
     def predict(self, image: Any) -> PanopticResult:
         """image: (H, W, 3) uint8 BGR array or a path."""
 
@@ -41,7 +44,7 @@ def write_predictions(results: Sequence[tuple[dict, PanopticResult]], categories
     return write_coco_panoptic(results, categories, out_dir, name)
 
 
-def evaluate(predictor: Predictor, dataset: Any, out_dir: str | os.PathLike, *, max_images: int | None = None,
+def evaluate(predictor: SupportsPredict, dataset: Any, out_dir: str | os.PathLike, *, max_images: int | None = None,
              progress: bool = True, desc: str = "evaluate") -> Evaluation:
     """Predict every image of ``dataset`` (a :class:`training.data.coco_panoptic.CocoPanopticDataset`,
     or anything with ``__len__``, ``image_info(i)``, ``json_path`` and ``png_dir``), write the
