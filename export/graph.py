@@ -61,7 +61,7 @@ class ExportablePanopticFPN(nn.Module):
     def proposals(self, feats: list[Tensor], image_hw: Tensor) -> tuple[Tensor, Tensor]:
         """-> proposals (B, P, 4), valid (B, P) bool with P = post_nms_top_n."""
         rpn = self.config.rpn
-        k = rpn.pre_nms_top_n_test
+        k = rpn.test_proposals.pre_nms_top_n
         objectness, deltas = self.model.rpn_head(feats)
         all_boxes, all_scores, all_levels = [], [], []
         for level, (obj, dlt, feat) in enumerate(zip(objectness, deltas, feats)):
@@ -85,7 +85,7 @@ class ExportablePanopticFPN(nn.Module):
             all_levels.append(torch.full_like(top_idx, level))
         boxes = torch.cat(all_boxes, 1)
         selected, _ = torch.ops.pfpn.batched_nms(boxes, torch.cat(all_scores, 1), torch.cat(all_levels, 1),
-                                                 rpn.nms_iou_threshold, _INVALID_SCORE / 2, rpn.post_nms_top_n_test)
+                                                 rpn.nms_iou_threshold, _INVALID_SCORE / 2, rpn.test_proposals.post_nms_top_n)
         valid = selected >= 0
         proposals = torch.gather(boxes, 1, _non_negative(selected).unsqueeze(-1).expand(-1, -1, 4))
         return _where_valid(valid, proposals, _UNIT_BOX), valid

@@ -18,8 +18,8 @@ def build_metadata(config: ModelConfig, categories: CategoryTable, *, flavor: st
         categories=categories.to_json(), num_thing_classes=config.num_thing_classes,
         num_stuff_classes=config.num_stuff_classes, max_detections=config.box_head.max_detections,
         score_threshold=config.box_head.score_threshold, box_nms_iou_threshold=config.box_head.nms_iou_threshold,
-        rpn_nms_iou_threshold=config.rpn.nms_iou_threshold, rpn_pre_nms_top_n=config.rpn.pre_nms_top_n_test,
-        rpn_post_nms_top_n=config.rpn.post_nms_top_n_test, mask_threshold=config.mask_head.mask_threshold,
+        rpn_nms_iou_threshold=config.rpn.nms_iou_threshold, rpn_pre_nms_top_n=config.rpn.test_proposals.pre_nms_top_n,
+        rpn_post_nms_top_n=config.rpn.test_proposals.post_nms_top_n, mask_threshold=config.mask_head.mask_threshold,
         # the FusionConfig's fields are the file's keys (ModelMetadata.fusion reads them back)
         **dataclasses.asdict(config.fusion), source=source)
 

@@ -46,15 +46,21 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class ProposalConfig:
+    """How many RPN proposals survive: the top ``pre_nms_top_n`` scores per level before NMS,
+    ``post_nms_top_n`` across levels after it (REFERENCE §3.6)."""
+    pre_nms_top_n: int
+    post_nms_top_n: int
+
+
+@dataclass(frozen=True)
 class RPNConfig:
     feat_channels: int = 256
     anchor_scale: float = 8.0
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     strides: tuple[int, ...] = (4, 8, 16, 32, 64)
-    pre_nms_top_n_test: int = 1000
-    post_nms_top_n_test: int = 1000
-    pre_nms_top_n_train: int = 2000
-    post_nms_top_n_train: int = 1000
+    test_proposals: ProposalConfig = ProposalConfig(pre_nms_top_n=1000, post_nms_top_n=1000)
+    train_proposals: ProposalConfig = ProposalConfig(pre_nms_top_n=2000, post_nms_top_n=1000)
     nms_iou_threshold: float = 0.7
     # Proposals with width or height <= this are dropped (0: drop only empty boxes).
     min_box_size: float = 0.0
@@ -222,11 +228,7 @@ def _from_dict(cls: type, data: dict) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"expected a dict for {cls.__name__}, got {type(data).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
-    if "targets" in known and "targets" not in data:  # checkpoints saved before SamplingConfig: flat keys
-        flat = {f.name for f in dataclasses.fields(SamplingConfig)} & set(data)
-        default = dataclasses.asdict(known["targets"].default)
-        data = {**{k: v for k, v in data.items() if k not in flat},
-                "targets": {**default, **{k: data[k] for k in flat}}}
+    data = nest_flat_keys(cls, data)
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
@@ -252,11 +254,37 @@ _DATACLASS_FIELDS: dict[tuple[type, str], type] = {
     (ModelConfig, "fusion"): FusionConfig,
     (ModelConfig, "input"): InputConfig,
     (RPNConfig, "targets"): SamplingConfig,
+    (RPNConfig, "test_proposals"): ProposalConfig,
+    (RPNConfig, "train_proposals"): ProposalConfig,
     (BoxHeadConfig, "targets"): SamplingConfig,
     (TrainConfig, "model"): ModelConfig,
     (TrainConfig, "solver"): SolverConfig,
     (TrainConfig, "data"): DataConfig,
 }
+
+
+# Checkpoints written before the RPN / box-head settings were grouped carry them as flat keys:
+# flat key -> (group field, key in the group).
+FLAT_KEYS: dict[type, dict[str, tuple[str, str]]] = {
+    RPNConfig: {**{f"{k}_{phase}": (f"{phase}_proposals", k) for phase in ("test", "train")
+                   for k in ("pre_nms_top_n", "post_nms_top_n")},
+                **{f.name: ("targets", f.name) for f in dataclasses.fields(SamplingConfig)}},
+    BoxHeadConfig: {f.name: ("targets", f.name) for f in dataclasses.fields(SamplingConfig)},
+}
+
+
+def nest_flat_keys(cls: type, data: dict) -> dict:
+    """``data`` with the old flat keys of :data:`FLAT_KEYS` moved into their groups (the group's
+    defaults fill what an old checkpoint does not have)."""
+    flat = {k: v for k, v in data.items() if k in FLAT_KEYS.get(cls, {})}
+    if not flat:
+        return data
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in data.items() if k not in flat}
+    for key, value in flat.items():
+        group, name = FLAT_KEYS[cls][key]
+        out.setdefault(group, dataclasses.asdict(defaults[group]))[name] = value
+    return out
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:
@@ -307,8 +335,8 @@ def tiny_synthetic(num_thing_classes: int = 4, num_stuff_classes: int = 3) -> Tr
         num_stuff_classes=num_stuff_classes,
         backbone=BackboneConfig(depth=18, stem_channels=32, base_channels=32, frozen_stages=-1, norm_eval=False),
         fpn=FPNConfig(out_channels=64),
-        rpn=RPNConfig(feat_channels=64, pre_nms_top_n_train=1000, post_nms_top_n_train=500,
-                      pre_nms_top_n_test=500, post_nms_top_n_test=300),
+        rpn=RPNConfig(feat_channels=64, train_proposals=ProposalConfig(pre_nms_top_n=1000, post_nms_top_n=500),
+                      test_proposals=ProposalConfig(pre_nms_top_n=500, post_nms_top_n=300)),
         box_head=BoxHeadConfig(fc_channels=256, targets=dataclasses.replace(BoxHeadConfig().targets, num_samples=128)),
         mask_head=MaskHeadConfig(num_convs=2, conv_channels=64),
         semantic_head=SemanticHeadConfig(inner_channels=64, num_groups=16),

@@ -17,7 +17,7 @@ from torch import nn
 
 from pfpn.export.graph import ExportablePanopticFPN
 from pfpn.plugins.torch_ops import export_flavor
-from pfpn.training.config import tiny_synthetic
+from pfpn.training.config import ProposalConfig, tiny_synthetic
 from pfpn.training.data.synthetic import make_synthetic_sample
 from pfpn.training.model.panoptic_fpn import build_model
 from pfpn.training.random_checkpoint import make_firing
@@ -98,7 +98,7 @@ def test_exported_proposals_follow_the_anchor_and_decoding_rule(tmp_path):
     the proposals of an independent numpy implementation (anchors, decoding, clamp, clipping)."""
     config = tiny_synthetic(4, 3).model
     config = dataclasses.replace(config, rpn=dataclasses.replace(config.rpn, nms_iou_threshold=1.0,
-                                                                 pre_nms_top_n_test=1000, post_nms_top_n_test=1000))
+                                                                 test_proposals=ProposalConfig(1000, 1000)))
     model = build_model(config).eval()
     model.rpn_head = _GivenOutputs()
     wrapper = _ProposalsOnly(ExportablePanopticFPN(model, config)).eval()

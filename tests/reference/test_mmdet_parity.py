@@ -103,7 +103,7 @@ model = dict(
     panoptic_fusion_head=dict(num_things_classes={config.num_thing_classes},
                               num_stuff_classes={config.num_stuff_classes}),
     test_cfg=dict(
-        rpn=dict(nms_pre={config.rpn.pre_nms_top_n_test}, max_per_img={config.rpn.post_nms_top_n_test}),
+        rpn=dict(nms_pre={config.rpn.test_proposals.pre_nms_top_n}, max_per_img={config.rpn.test_proposals.post_nms_top_n}),
         rcnn=dict(score_thr={config.box_head.score_threshold}),
         panoptic=dict(stuff_area_limit={config.fusion.stuff_area_limit})))
 test_pipeline = [

@@ -114,8 +114,8 @@ class PanopticFPN(nn.Module):
     def _inference(self, feats: list[Tensor], image_sizes: list[tuple[int, int]]) -> RawOutputs:
         cfg = self.rpn_config
         objectness, deltas = self.rpn_head(feats)
-        proposals = self._proposals(feats, image_sizes, objectness, deltas, pre_nms_top_n=cfg.pre_nms_top_n_test,
-                                    post_nms_top_n=cfg.post_nms_top_n_test)
+        proposals = self._proposals(feats, image_sizes, objectness, deltas, pre_nms_top_n=cfg.test_proposals.pre_nms_top_n,
+                                    post_nms_top_n=cfg.test_proposals.post_nms_top_n)
         rois = boxes_to_rois(proposals).to(feats[0])
         class_logits, box_deltas = self.roi_head.bbox_head(self._box_features(feats, rois))
         counts = [p.shape[0] for p in proposals]
@@ -154,8 +154,8 @@ class PanopticFPN(nn.Module):
         losses["loss_rpn_box"] = losses["loss_rpn_box"] * rpn_targets.loss_box_weight
         with torch.no_grad():
             proposals = self._proposals(feats, image_sizes, [o.detach() for o in objectness],
-                                        [d.detach() for d in deltas], pre_nms_top_n=rpn_cfg.pre_nms_top_n_train,
-                                        post_nms_top_n=rpn_cfg.post_nms_top_n_train)
+                                        [d.detach() for d in deltas], pre_nms_top_n=rpn_cfg.train_proposals.pre_nms_top_n,
+                                        post_nms_top_n=rpn_cfg.train_proposals.post_nms_top_n)
         samples = [sample_rois_single_image(p, t["gt_boxes"], t["gt_labels"], num_classes=self.num_thing_classes,
                                             pos_iou_threshold=box_targets.pos_iou_threshold,
                                             neg_iou_threshold=box_targets.neg_iou_threshold,
