@@ -9,7 +9,7 @@ PYTHON ?= python3
 
 setup: .setup.stamp
 .setup.stamp: pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[train,export,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[cpu,train,export,dev]"
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps "tensorrt-stubs>=10.6"
 	@touch $@
 

@@ -35,7 +35,11 @@ Checks, in order:
    relative error of the semantic logits; TF32 off); fails only on a gross mismatch.
 5. ``amp_training_step``: mixed-precision (fp16 autocast + GradScaler) training steps of the
    small model on CUDA: finite loss, weights changed.
-6. TensorRT only (else skipped with the import error): ``trt_uint8_input``, ``trt_plugins_alone``,
+6. ``ort_cuda_providers``: ONNX Runtime's CUDA execution provider (onnxruntime-gpu, else skipped):
+   ``runtime.Predictor(small ort export, providers=("cuda", "cpu"))`` vs ``providers=("cpu",)`` on
+   the same images: ``predictor.providers`` must include "cuda"; ms per image of both, identical
+   panoptic ids on >= 99.9% of the pixels, whether the segments match.
+7. TensorRT only (else skipped with the import error): ``trt_uint8_input``, ``trt_plugins_alone``,
    ``trt_engine_reload`` (build with ``runtime/build_engine.py``'s ``build_engine``, run in a
    fresh subprocess that never imports ``plugins``), ``trt_end_to_end`` (``runtime.Predictor`` on the
    engine vs ONNX Runtime: identical panoptic ids on >= 99.9% of the pixels).
@@ -45,7 +49,8 @@ later checks are skipped when it is spent, and the report says so.
 
 Other code calls :func:`run_gpu_check`; each check is a plain function ``check_<name>(ctx)``:
 the environment here, the others in gpu_check_models.py (2, 4), gpu_check_kernels.py (3),
-gpu_check_training.py (5) and gpu_check_trt.py (6); what they share is in gpu_check_common.py.
+gpu_check_training.py (5), gpu_check_ort.py (6) and gpu_check_trt.py (7); what they share is in
+gpu_check_common.py.
 """
 from __future__ import annotations
 
@@ -73,14 +78,15 @@ from pfpn.benchmarks.gpu_check_common import (IMAGES_QUICK, STATUSES, Budget, Ch
 from pfpn.benchmarks.gpu_check_kernels import check_plugin_kernels  # noqa: E402, F401 - run_one looks checks up here
 from pfpn.benchmarks.gpu_check_models import (check_postprocess_kernels_r50,  # noqa: E402, F401
                                               check_postprocess_kernels_small, check_torch_cuda_vs_cpu)
+from pfpn.benchmarks.gpu_check_ort import check_ort_cuda_providers  # noqa: E402, F401
 from pfpn.benchmarks.gpu_check_training import check_amp_training_step  # noqa: E402, F401
 from pfpn.benchmarks.gpu_check_trt import (check_trt_end_to_end, check_trt_engine_reload,  # noqa: E402, F401
                                            check_trt_plugins_alone, check_trt_uint8_input)
 
 DEFAULT_BUDGET_S = 270.0
 CHECK_NAMES = ("environment", "postprocess_kernels_small", "postprocess_kernels_r50", "plugin_kernels",
-               "torch_cuda_vs_cpu", "amp_training_step", "trt_uint8_input", "trt_plugins_alone",
-               "trt_engine_reload", "trt_end_to_end")
+               "torch_cuda_vs_cpu", "amp_training_step", "ort_cuda_providers", "trt_uint8_input",
+               "trt_plugins_alone", "trt_engine_reload", "trt_end_to_end")
 
 
 # ----------------------------------------------------------------------------------------------

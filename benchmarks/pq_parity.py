@@ -4,8 +4,10 @@ model's own output (parity).
     python benchmarks/pq_parity.py                             # demo model, synthetic val split
     python benchmarks/pq_parity.py --ckpt CKPT --data-root DIR --backends pytorch,ort_fp32,ort_int8
 
-For each backend: PQ / SQ / RQ for all, things and stuff against the ground truth; PQ of its
-predictions scored against the PyTorch predictor's predictions taken as ground truth (100 =
+For each backend: PQ / SQ / RQ for all, things and stuff against the ground truth; COCO box AP
+and mask AP of its detections before fusion against the ground truth's thing instances
+(pycocotools), with their deltas against PyTorch's (how deployers report accuracy loss); PQ of
+its predictions scored against the PyTorch predictor's predictions taken as ground truth (100 =
 identical segments); and the fraction of identical pixels. One evaluation code for all
 (training/evaluation/evaluate_dataset.py). Writes OUT/pq_parity.json, .md and .png.
 """
@@ -32,20 +34,31 @@ class PQRow:
     rq: float | None = None
     pq_things: float | None = None
     pq_stuff: float | None = None
+    box_ap: float | None = None  # COCO AP@[.5:.95] x100 of the detections' boxes
+    mask_ap: float | None = None  # ... of their masks
+    box_ap_delta: float | None = None  # box_ap - PyTorch's
+    mask_ap_delta: float | None = None
     pq_vs_pytorch: float | None = None
     pixels_vs_pytorch: float | None = None
     ms_per_image: float | None = None
 
 
+def number_or_dash(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def format_table(rows: list[PQRow]) -> str:
-    lines = ["| backend | status | PQ | SQ | RQ | PQ things | PQ stuff | PQ vs PyTorch | identical pixels | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | status | PQ | SQ | RQ | PQ things | PQ stuff | box AP | box AP delta | mask AP | "
+             "mask AP delta | PQ vs PyTorch | identical pixels | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
     for r in rows:
         if r.status != "ok":
-            lines.append(f"| {r.backend} | {r.status}: {r.reason} | | | | | | | | |")
+            lines.append(f"| {r.backend} | {r.status}: {r.reason} |" + " |" * 12)
             continue
         lines.append(f"| {r.backend} | ok | {r.pq:.2f} | {r.sq:.2f} | {r.rq:.2f} | {r.pq_things:.2f} | "
-                     f"{r.pq_stuff:.2f} | {r.pq_vs_pytorch:.2f} | {100 * r.pixels_vs_pytorch:.3f}% | "
+                     f"{r.pq_stuff:.2f} | {number_or_dash(r.box_ap)} | {number_or_dash(r.box_ap_delta, '+.2f')} | {number_or_dash(r.mask_ap)} | "
+                     f"{number_or_dash(r.mask_ap_delta, '+.2f')} | {r.pq_vs_pytorch:.2f} | {100 * r.pixels_vs_pytorch:.3f}% | "
                      f"{r.ms_per_image:.1f} |")
     return "\n".join(lines)
 
@@ -127,8 +140,13 @@ def run_pq_parity(*, ckpt: str | Path, backends: str | Sequence[str], data_root:
         row = PQRow(name, "ok", images=ev.num_images, pq=100 * ev.pq.all["pq"], sq=100 * ev.pq.all["sq"],
                     rq=100 * ev.pq.all["rq"], pq_things=100 * ev.pq.things["pq"], pq_stuff=100 * ev.pq.stuff["pq"],
                     ms_per_image=1000 * ev.seconds_per_image)
+        if ev.ap is not None:
+            row.box_ap, row.mask_ap = 100 * ev.ap.box_ap, 100 * ev.ap.mask_ap
         if name == "pytorch":
             reference = ev
+        if reference is not None and reference.ap is not None and ev.ap is not None:
+            row.box_ap_delta = 100 * (ev.ap.box_ap - reference.ap.box_ap)
+            row.mask_ap_delta = 100 * (ev.ap.mask_ap - reference.ap.mask_ap)
         if reference is not None:
             row.pq_vs_pytorch = 100 * pq_compute(reference.pred_json, ev.pred_json, reference.pred_folder,
                                                  ev.pred_folder).all["pq"]
@@ -136,7 +154,9 @@ def run_pq_parity(*, ckpt: str | Path, backends: str | Sequence[str], data_root:
             row.pixels_vs_pytorch = pixel_agreement(Path(reference.pred_folder), Path(ev.pred_folder),
                                                     [ann["file_name"] for ann in annotations])
         rows.append(row)
-        print(f"[{name}] PQ {row.pq:.2f}", flush=True)
+        print(f"[{name}] PQ {row.pq:.2f}, box AP {number_or_dash(row.box_ap)} ({number_or_dash(row.box_ap_delta, '+.2f')} "
+              f"vs PyTorch), mask AP {number_or_dash(row.mask_ap)} ({number_or_dash(row.mask_ap_delta, '+.2f')})",
+              flush=True)
 
     what = f"{ckpt.name} on {data_root} {split} ({rows[0].images if rows and rows[0].images else '?'} images)"
     save_results(out, "pq_parity", what=what, table=format_table(rows), rows=rows, command=command,

@@ -154,7 +154,7 @@ def write_report(paths, step_seconds: dict[str, float]) -> Path:
                    f"![fps](../bench/{sub}/fps.png)", ""]
         else:
             md += ["not run", ""]
-    md += ["## PQ per backend, and parity with PyTorch", ""]
+    md += ["## PQ, box AP and mask AP per backend, and parity with PyTorch", ""]
     if pq:
         md += [pq["what"], "", Path(paths.bench / "tiny" / "pq_parity.md").read_text().split("\n", 2)[2], "",
                "![pq](../bench/tiny/pq_parity.png)", ""]

@@ -2,7 +2,8 @@
 on host numpy arrays (the export contract, runtime/contract.py). Torch-free.
 
 * :class:`OnnxRuntimeBackend`: ``.onnx`` files; CPU by default, CUDA / TensorRT execution
-  providers when requested and installed. ``trt``-flavor files run on the CPU with the numpy
+  providers when requested and in the installed build (onnxruntime-gpu); ``active_providers``
+  says which run. ``trt``-flavor files run on the CPU with the numpy
   reference custom ops (slow; for checking).
 * The TensorRT engine backend lives in ``runtime/trt/`` and is chosen for ``.engine`` files.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -34,33 +36,88 @@ class Backend(Protocol):
 
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+                    "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+                    "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
+                    "rocm": "ROCMExecutionProvider", "coreml": "CoreMLExecutionProvider"}
+SHORT_PROVIDER_NAMES = {"DmlExecutionProvider": "dml",
+                        **{v: k for k, v in PROVIDER_ALIASES.items() if k not in ("dml", "directml")}}
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+GPU_INSTALL_HINT = ('the CUDA and TensorRT execution providers come with onnxruntime-gpu in place of onnxruntime: '
+                    'pip install ".[gpu]" (not ".[cpu]")')
+
+
+class ProviderWarning(UserWarning):
+    """A requested ONNX Runtime execution provider is not used (not in this build, or failed to start)."""
+
+
+def provider_name(name: str) -> str:
+    """"cuda" / "CUDA" / "CUDAExecutionProvider" -> "CUDAExecutionProvider" (unknown names pass through)."""
+    return PROVIDER_ALIASES.get(name.lower(), name)
+
+
+def short_provider_name(name: str) -> str:
+    """"CUDAExecutionProvider" -> "cuda" (others: without "ExecutionProvider", lower case)."""
+    return SHORT_PROVIDER_NAMES.get(name, name.removesuffix("ExecutionProvider").lower())
+
+
+def usable_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The requested providers (full names, priority order, no repeats) this ONNX Runtime build has.
+
+    Missing ones are dropped with one :class:`ProviderWarning` naming them, what is available and
+    the install hint; none of the requested available is a :class:`ModelError`."""
+    wanted = list(dict.fromkeys(provider_name(p) for p in requested))
+    if not wanted:
+        raise ModelError("no ONNX Runtime execution provider requested (e.g. providers=('cpu',))")
+    usable = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    hint = f"; {GPU_INSTALL_HINT}" if any(p in GPU_PROVIDERS for p in missing) else ""
+    if not usable:
+        raise ModelError(f"ONNX Runtime execution provider(s) {', '.join(missing)} not available in this "
+                         f"onnxruntime build (available: {', '.join(available)}){hint}")
+    if missing:
+        warnings.warn(ProviderWarning(
+            f"ONNX Runtime execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
+            f"(available: {', '.join(available)}); running on {', '.join(usable)}{hint}"), stacklevel=3)
+    return usable
+
+
+def warn_not_started(usable: Sequence[str], active: Sequence[str]) -> list[str]:
+    """Warn (one :class:`ProviderWarning`) about requested, available providers the session did not
+    start: ONNX Runtime drops a provider whose libraries fail to load with only a log line. -> them."""
+    failed = [p for p in usable if p not in active]
+    if failed:
+        gpu = any(p in GPU_PROVIDERS for p in failed)
+        cuda = " (CUDA 12 and cuDNN 9 libraries missing or not found?)" if gpu else ""
+        warnings.warn(ProviderWarning(
+            f"ONNX Runtime execution provider(s) {', '.join(failed)} are in this build but did not start{cuda}; "
+            f"the session runs on {', '.join(active)}"), stacklevel=3)
+    return failed
 
 
 class OnnxRuntimeBackend:
     """An exported ``.onnx`` file in ONNX Runtime (sessions run concurrently).
 
     providers: names like "cpu", "cuda", "tensorrt" (or full ONNX Runtime provider names), in
-    priority order; default CPU. Unavailable providers are an error naming what is installed.
+    priority order; default CPU. Requested providers this onnxruntime build lacks are dropped with
+    one :class:`ProviderWarning` (none of them available: :class:`ModelError`); one that is in the
+    build but does not start (e.g. CUDA libraries missing) is another warning. ``active_providers``
+    (short names, e.g. ("cuda", "cpu")) and ``name`` (e.g. "onnxruntime[CUDA,CPU]") say what runs.
     ``trt_options`` are passed to the TensorRT execution provider (e.g. trt_fp16_enable,
-    trt_engine_cache_enable, trt_timing_cache_enable).
+    trt_engine_cache_enable, trt_timing_cache_enable). Opening one checks that exactly one ONNX
+    Runtime package is installed (runtime/ort_package.py).
     """
 
     thread_safe = True  # InferenceSession.run is thread-safe
 
     def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] = ("cpu",), threads: int | None = None,
                  trt_options: dict | None = None) -> None:
+        _check_onnxruntime_package_once()
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-        wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
-        available = ort.get_available_providers()
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise ModelError(f"ONNX Runtime execution provider(s) {missing} not available here "
-                             f"(installed: {available})")
+        wanted = usable_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -80,7 +137,11 @@ class OnnxRuntimeBackend:
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
         self.metadata = metadata
-        self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in wanted)}]"
+        active = list(self.session.get_providers())
+        warn_not_started(wanted, active)
+        self.providers = tuple(active)  # full ONNX Runtime names, in the session's priority order
+        self.active_providers = tuple(short_provider_name(p) for p in active)
+        self.name = f"onnxruntime[{','.join(p.removesuffix('ExecutionProvider') for p in active)}]"
         self._check_io(path)
 
     def _check_io(self, path: Path) -> None:
@@ -120,6 +181,7 @@ class OpenVinoBackend:
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self._local = threading.local()  # one infer request per thread
         self.name = "openvino"
+        self.active_providers = ("openvino",)
 
     def run_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = getattr(self._local, "request", None)
@@ -131,6 +193,20 @@ class OpenVinoBackend:
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
         by_name = self.run_feed({"images": images, "image_sizes": image_sizes})
         return {name: by_name[name] for name in OUTPUT_NAMES}
+
+
+_PACKAGE_CHECKED = False
+
+
+def _check_onnxruntime_package_once() -> None:
+    """runtime/ort_package.py's check, the first time an ONNX Runtime backend opens in this process
+    (reading the installed metadata takes a moment)."""
+    global _PACKAGE_CHECKED
+    if not _PACKAGE_CHECKED:
+        from pfpn.runtime.ort_package import check_onnxruntime_package
+
+        check_onnxruntime_package()
+        _PACKAGE_CHECKED = True
 
 
 def _read_onnx_metadata(path: Path) -> ModelMetadata:
@@ -205,6 +281,8 @@ class SerializedBackend:
         self.backend = backend
         self.metadata = backend.metadata
         self.name = backend.name
+        if hasattr(backend, "active_providers"):
+            self.active_providers = backend.active_providers
         self._lock = threading.Lock()
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:

@@ -145,7 +145,8 @@ def postprocess_single_image(boxes: np.ndarray, scores: np.ndarray, labels: np.n
     timings["total"] = time.perf_counter() - t_start
     table = SegmentTable(ids=seg_ids, areas=seg_areas, bboxes=seg_boxes.astype(np.int64), codes=code, code_ids=id_lut)
     return PanopticMap(label_map=label_map, kept=kept, boxes=boxes_orig, scores=scores.copy(), labels=labels,
-                       instance_offset=instance_offset, segments=table, part_seconds=timings,
+                       instance_offset=instance_offset, mask_probs=mask_probs, mask_threshold=float(mask_threshold),
+                       segments=table, part_seconds=timings,
                        boundary_pixels=int(pix.size))
 
 

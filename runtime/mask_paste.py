@@ -9,6 +9,8 @@ multiply-adds as torch's CPU kernel is compiled), so rounding never flips a pixe
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import cv2
 import numpy as np
 
@@ -114,3 +116,19 @@ def paste_mask_region(mask_prob: np.ndarray, box: np.ndarray, image_size: tuple[
     mask_prob = np.asarray(mask_prob, dtype=F32)
     tables = MaskPaster(np.asarray(box, dtype=F32)[None], mask_prob.shape, int(image_size[0]), int(image_size[1]))
     return tables.paste(0, mask_prob, threshold)
+
+
+def pasted_masks(boxes: np.ndarray, mask_probs: np.ndarray, image_size: tuple[int, int],
+                 threshold: float = 0.5) -> Iterator[np.ndarray]:
+    """Every detection's own mask at full image size, as the fusion pastes it (before fusion
+    decides who keeps which pixels): boxes (N, 4) float32 in image pixels, mask_probs (N, M, M)
+    -> one (H, W) bool array per detection, in order, one at a time (N full-size masks at once
+    would be N * H * W bytes)."""
+    height, width = int(image_size[0]), int(image_size[1])
+    mask_probs = np.asarray(mask_probs, dtype=F32)
+    tables = MaskPaster(np.asarray(boxes, dtype=F32).reshape(-1, 4), mask_probs.shape[1:], height, width)
+    for i in range(mask_probs.shape[0]):
+        y0, x0, region = tables.paste(i, mask_probs[i], threshold)
+        full = np.zeros((height, width), dtype=bool)
+        full[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region
+        yield full

@@ -70,7 +70,9 @@ class Predictor:
     Args:
         model: ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT) path.
         backend: "onnxruntime", "openvino" or "tensorrt"; default by file type.
-        providers: ONNX Runtime execution providers in priority order ("cpu", "cuda", "tensorrt").
+        providers: ONNX Runtime execution providers in priority order ("cpu", "cuda", "tensorrt");
+            those this onnxruntime build lacks are dropped with one ``ProviderWarning`` (none
+            available: ``ModelError``). :attr:`providers` says what runs.
         threads: CPU threads for ONNX Runtime.
         batch_size: images per network call in :meth:`predict_batch`.
         postprocess: "auto" (TensorRT engines: the GPU kernels where they run on this GPU, else
@@ -99,6 +101,9 @@ class Predictor:
         opened: Backend = open_backend(model, backend, **kwargs)
         self.backend: Backend = opened if getattr(opened, "thread_safe", False) else SerializedBackend(opened)
         self.metadata = opened.metadata
+        # what runs: ONNX Runtime's active execution providers (short names, e.g. ("cuda", "cpu")),
+        # else the backend, e.g. ("tensorrt",) or ("openvino",)
+        self.providers: tuple[str, ...] = tuple(getattr(opened, "active_providers", None) or (choice,))
         self.categories = CategoryTable(self.metadata.categories)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -51,6 +51,11 @@ class PanopticMap:
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) int64 thing labels 0..T-1
     instance_offset: int
+    # (N, M, M) float32 mask probabilities of the N detections and the threshold the fusion pasted
+    # them with: what the detections' own masks are, before fusion (instance AP:
+    # runtime.mask_paste.pasted_masks)
+    mask_probs: np.ndarray | None = None
+    mask_threshold: float = 0.5
     segments: SegmentTable | None = None  # the numpy post-processing's segment table
     part_seconds: dict[str, float] = field(default_factory=dict, repr=False)  # numpy post-processing, by part
     boundary_pixels: int = 0  # numpy post-processing: pixels whose semantic label needed the full interpolation

@@ -88,3 +88,25 @@ def test_console_commands_name_real_main_functions(wheel):
     for command, target in commands.items():
         module, attr = target.split(":")
         assert callable(getattr(importlib.import_module(module), attr)), command
+
+
+def test_exactly_one_onnxruntime_package_per_install_path(wheel):
+    """onnxruntime and onnxruntime-gpu provide the same module: the base install pulls neither,
+    the cpu extra the first, the gpu extra the second, and no extra both."""
+    from packaging.requirements import Requirement
+
+    requirements = [Requirement(line.split(":", 1)[1].strip())
+                    for line in dist_info_file(wheel, "METADATA").splitlines() if line.startswith("Requires-Dist:")]
+    ort_builds = {"onnxruntime", "onnxruntime-gpu"}
+
+    def ort_of(extra: str | None) -> set[str]:
+        env = {"extra": extra or ""}
+        return {r.name for r in requirements if r.name in ort_builds
+                and (r.marker.evaluate(env) if r.marker else extra is None)}
+
+    assert ort_of(None) == set()
+    assert ort_of("cpu") == {"onnxruntime"} and ort_of("gpu") == {"onnxruntime-gpu"}
+    extras = {line.split(":", 1)[1].strip() for line in dist_info_file(wheel, "METADATA").splitlines()
+              if line.startswith("Provides-Extra:")}
+    assert {"cpu", "gpu", "train", "export", "dev"} <= extras
+    assert all(ort_of(e) == set() for e in extras - {"cpu", "gpu"})  # what make setup adds to cpu pulls no other

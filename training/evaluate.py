@@ -1,5 +1,6 @@
 """Evaluate a checkpoint on a COCO panoptic split with the PyTorch predictor: PQ/SQ/RQ for
-all, things, stuff and per category, plus COCO panoptic predictions (PNGs + JSON).
+all, things, stuff and per category, COCO box AP and mask AP of the detections, plus COCO
+panoptic predictions (PNGs + JSON).
 
     python training/evaluate.py --ckpt work_dirs/tiny/final.pt --data-root data/synthetic --out work_dirs/tiny/eval
 """
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_pq_table(result.pq, per_category=args.per_category))
+    if result.ap is not None:
+        print(f"box AP {100 * result.ap.box_ap:.2f} (AP50 {100 * result.ap.box_ap50:.2f}), mask AP "
+              f"{100 * result.ap.mask_ap:.2f} (AP50 {100 * result.ap.mask_ap50:.2f}) over "
+              f"{result.ap.num_instances} instances, {result.ap.num_detections} detections")
     print(f"{result.num_images} images, {result.seconds_per_image * 1000:.0f} ms/image; "
           f"predictions in {result.pred_json}, PQ in {Path(args.out) / 'pq.json'}")
     return 0

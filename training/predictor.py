@@ -126,4 +126,5 @@ def label_map_single_image(det: Detections, semantic_logits: Tensor, config: Mod
                                  fusion=config.fusion)
     return PanopticMap(label_map=pan.cpu().numpy(), kept=kept, boxes=boxes.cpu().numpy(),
                        scores=det.scores.cpu().numpy(), labels=det.labels.cpu().numpy(),
-                       instance_offset=config.fusion.instance_offset)
+                       instance_offset=config.fusion.instance_offset, mask_probs=det.mask_probs.cpu().numpy(),
+                       mask_threshold=config.mask_head.mask_threshold)

@@ -53,7 +53,8 @@ class TensorRTBackend:
         logits_size = tuple(int(v) for v in tensors["semantic_logits"].shape[2:])  # padded size / stride 4
         padded = (int(images.shape[1]), int(images.shape[2]))
         meta = self.metadata
-        small = self.runner.copy_outputs(tensors, ("boxes", "scores", "labels", "num_detections"))
+        # the detections and their 28x28 masks come back too (0.3 MB an image): the instance view
+        small = self.runner.copy_outputs(tensors, ("boxes", "scores", "labels", "mask_probs", "num_detections"))
         out = []
         for i in range(images.shape[0]):
             ptrs = image_pointers(pointers, i, max_detections=meta.max_detections,
@@ -67,7 +68,8 @@ class TensorRTBackend:
             boxes = small["boxes"][i, :n] / np.array([sx, sy, sx, sy], dtype=np.float32)  # original-image pixels
             out.append(PanopticMap(label_map=label_map.astype(np.int64), kept=[int(k) for k in kept], boxes=boxes,
                                    scores=small["scores"][i, :n], labels=small["labels"][i, :n],
-                                   instance_offset=meta.instance_offset))
+                                   instance_offset=meta.instance_offset, mask_probs=small["mask_probs"][i, :n],
+                                   mask_threshold=meta.mask_threshold))
         return out
 
     def close(self) -> None:

@@ -69,9 +69,15 @@ def test_pq_parity_smoke(tiny_checkpoint, synthetic_root, tmp_path):
     assert rows["pytorch"]["pq_vs_pytorch"] == 100.0 and rows["pytorch"]["pixels_vs_pytorch"] == 1.0
     assert rows["ort_fp32"]["status"] == "ok" and rows["ort_fp32"]["pixels_vs_pytorch"] >= 0.999
     assert 0 <= rows["ort_fp32"]["pq"] <= 100
+    # box / mask AP of the detections: ONNX Runtime fp32 detects what PyTorch detects
+    assert 0 <= rows["pytorch"]["box_ap"] <= 100 and 0 <= rows["pytorch"]["mask_ap"] <= 100
+    assert rows["pytorch"]["box_ap_delta"] == rows["pytorch"]["mask_ap_delta"] == 0.0
+    assert rows["ort_fp32"]["box_ap_delta"] == rows["ort_fp32"]["mask_ap_delta"] == 0.0
+    assert rows["ort_fp32"]["mask_ap"] == rows["pytorch"]["mask_ap"]
     assert rows["trt_int8"]["status"] in ("skipped", "ok") and (rows["trt_int8"]["status"] == "ok"
                                                                 or rows["trt_int8"]["reason"])
-    assert "| backend | status | PQ | SQ | RQ |" in (tmp_path / "out" / "pq_parity.md").read_text()
+    assert "| backend | status | PQ | SQ | RQ | PQ things | PQ stuff | box AP | box AP delta | mask AP |" in \
+        (tmp_path / "out" / "pq_parity.md").read_text()
 
 
 def test_scripts_explain_themselves():

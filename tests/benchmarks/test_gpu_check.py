@@ -20,6 +20,7 @@ from pfpn.benchmarks import gpu_check as gc  # noqa: E402
 from pfpn.benchmarks import gpu_check_common as common  # noqa: E402
 from pfpn.benchmarks import gpu_check_kernels as kernels  # noqa: E402
 from pfpn.benchmarks import gpu_check_models as models  # noqa: E402
+from pfpn.benchmarks import gpu_check_ort as ort_checks  # noqa: E402
 from pfpn.benchmarks import gpu_check_training as training  # noqa: E402
 from pfpn.benchmarks import gpu_check_trt as trt_checks  # noqa: E402
 
@@ -366,3 +367,44 @@ def test_aot_plugin_kernel_passes_exactly_the_plugins_arguments(monkeypatch):
     assert len(loaded) == 1  # compiled and loaded once per constexpr set
     with pytest.raises(ValueError, match="arguments"):
         kernel[(3,)](tensor(0x1000), 3, **cx)
+
+
+# ----------------------------------------------------------------------------------------------
+# ort_cuda_providers (benchmarks/gpu_check_ort.py)
+
+
+def test_ort_cuda_check_skips_without_the_cuda_provider(tmp_path, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    ctx = common.CheckContext(work_dir=tmp_path, quick=True, budget=common.Budget(270))
+    r = gc.run_one("ort_cuda_providers", ctx)
+    assert r["status"] == "skip" and "\n" not in r["reason"]
+    assert r["reason"].startswith(ort_checks.GPU_MISSING) and "pip install '.[gpu]'" in r["reason"]
+    assert not (tmp_path / "small").exists()  # skipped before exporting anything
+
+
+def test_ort_provider_comparison_on_cpu_providers(tmp_path):
+    """compare_providers with the CPU on both sides (what the check does with ("cuda", "cpu")):
+    identical maps, timings, what runs; judge_providers wants "cuda" among what runs."""
+    import onnxruntime
+
+    ctx = common.CheckContext(work_dir=tmp_path, quick=True, budget=common.Budget(270))
+    paths = trt_checks.small_exports(ctx)
+    images = models.small_images(2, seed=9)
+    r = ort_checks.compare_providers(paths["ort"], images, providers=("cpu",), threads=1)
+    assert r["providers"] == r["reference_providers"] == ["cpu"] and r["backend"] == "onnxruntime[CPU]"
+    assert r["images"] == 2 and r["agreement"] == 1.0 and r["segments_match"] and r["pixels_differing"] == 0
+    assert r["ms_per_image"] > 0 and r["reference_ms_per_image"] > 0 and r["warnings"] == []
+    assert all(row["segments"] == row["reference_segments"] for row in r["per_image"])
+    status, reason = ort_checks.judge_providers(r)
+    assert status == "fail" and "cuda did not start" in reason
+    assert ort_checks.judge_providers(dict(r, providers=["cuda", "cpu"])) == ("pass", "")
+    assert ort_checks.judge_providers(dict(r, providers=["cuda", "cpu"], agreement=0.99))[0] == "fail"
+    summary = ort_checks.format_providers_summary(r)
+    assert "providers=cpu" in summary and "100.0000% identical" in summary and "segments match" in summary
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        r = ort_checks.compare_providers(paths["ort"], images[:1], threads=1)  # ("cuda", "cpu") on the CPU build
+        assert r["providers"] == ["cpu"] and r["agreement"] == 1.0
+        assert len(r["warnings"]) == 1 and "CUDAExecutionProvider not available" in r["warnings"][0]
+    assert ort_checks.segment_keys([{"id": 5, "category_id": 2}, {"id": 1, "category_id": 7}]) == [(1, 7), (5, 2)]

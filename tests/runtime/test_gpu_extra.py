@@ -1,7 +1,9 @@
 """``pip install ".[gpu]"`` installs everything the GPU path imports: build_engine.py, predict.py on
 an engine, the TensorRT plugins and both kernel sets. The imports are collected from the code
 itself (every ``import`` statement, function-level ones included, following the project's own
-modules); the requirements are read from the installed package metadata."""
+modules); the requirements are read from the installed package metadata. The ``onnxruntime``
+module comes from onnxruntime-gpu there (the cpu extra's onnxruntime, installed here, provides
+the same module and must never be installed with it)."""
 from __future__ import annotations
 
 import ast
@@ -20,7 +22,10 @@ ENTRY_MODULES = tuple(f"pfpn.{m}" for m in (
     "runtime.build_engine", "runtime.predict", "runtime.trt.backend", "runtime.trt.runner", "runtime.trt.calibration",
     "plugins.trt_plugins", "plugins.triton_kernels", "runtime.gpu.kernels", "runtime.gpu.build_ptx"))
 # import name -> distribution, for what is not installed here (TensorRT: only its type stubs are)
-NOT_INSTALLED = {"tensorrt": "tensorrt-cu12"}
+# or is installed here from another package (onnxruntime: the cpu extra's build of the module)
+NOT_INSTALLED = {"tensorrt": "tensorrt-cu12", "onnxruntime": "onnxruntime-gpu"}
+# the distributions that provide the `onnxruntime` module (runtime/ort_package.py): one per extra
+ORT_CPU, ORT_GPU = "onnxruntime", "onnxruntime-gpu"
 # imports that are optional on the GPU path, with the reason (nothing else may be missing)
 OPTIONAL = {"openvino": "the OpenVINO backend (runtime.backends), not used with engines"}
 
@@ -59,15 +64,32 @@ def third_party_imports(entries=ENTRY_MODULES) -> dict[str, set[str]]:
     return found
 
 
-def _gpu_requirements() -> list[Requirement]:
-    try:
-        requires = md.requires("panoptic-fpn-deploy") or []
-    except md.PackageNotFoundError:
+def _installed_distribution() -> md.Distribution:
+    """The project's metadata as pip installed it. A ``*.egg-info`` folder in the checkout
+    (left by a build, ignored by git) comes first on sys.path when the tests run from the root but
+    may be older than pyproject.toml: the installed ``.dist-info`` is preferred to it."""
+    dists = list(md.distributions(name="panoptic-fpn-deploy"))
+    if not dists:
         pytest.skip("the project is not installed (run make setup)")
-    reqs = [Requirement(r) for r in requires]
-    base = [r for r in reqs if r.marker is None]
-    gpu = [r for r in reqs if r.marker is not None and r.marker.evaluate({"extra": "gpu"})]
-    return base + gpu
+    in_checkout = [d for d in dists if Path(str(getattr(d, "_path", ""))).parent == ROOT
+                   and str(getattr(d, "_path", "")).endswith(".egg-info")]
+    return next((d for d in dists if d not in in_checkout), dists[0])
+
+
+def _installed_requirements() -> list[Requirement]:
+    return [Requirement(r) for r in _installed_distribution().requires or []]
+
+
+def _extra_requirements(extra: str | None) -> list[Requirement]:
+    """The base requirements (extra None) or those only ``extra`` adds."""
+    reqs = _installed_requirements()
+    if extra is None:
+        return [r for r in reqs if r.marker is None]
+    return [r for r in reqs if r.marker is not None and r.marker.evaluate({"extra": extra})]
+
+
+def _gpu_requirements() -> list[Requirement]:
+    return _extra_requirements(None) + _extra_requirements("gpu")
 
 
 def _distribution_of(module: str) -> set[str]:
@@ -102,3 +124,21 @@ def test_gpu_extra_pins_one_cuda_major():
     assert "10.8.0.43" not in trt  # no ahead-of-time Python plugins before 10.9
     assert "11.0.0.114" not in trt
     assert "triton" in reqs and "onnx" in reqs
+
+
+def test_onnx_runtime_comes_from_exactly_one_extra():
+    """The base install has no ONNX Runtime; the gpu extra brings onnxruntime-gpu and not
+    onnxruntime, and no extra but cpu lists onnxruntime (two of them overwrite each other)."""
+    base = {canonicalize_name(r.name) for r in _extra_requirements(None)}
+    assert ORT_CPU not in base and ORT_GPU not in base
+    gpu = {canonicalize_name(r.name) for r in _extra_requirements("gpu")}
+    assert ORT_GPU in gpu and ORT_CPU not in gpu
+    cpu = {canonicalize_name(r.name) for r in _extra_requirements("cpu")}
+    assert ORT_CPU in cpu and ORT_GPU not in cpu
+    extras = set(_installed_distribution().metadata.get_all("Provides-Extra") or [])
+    assert {"cpu", "gpu"} <= extras
+    listing = {extra for extra in extras
+               if {ORT_CPU, ORT_GPU} & {canonicalize_name(r.name) for r in _extra_requirements(extra)}}
+    assert listing == {"cpu", "gpu"}, listing  # onnxruntime-extensions is another package (not matched)
+    for extra in extras - {"cpu"}:
+        assert ORT_CPU not in {canonicalize_name(r.name) for r in _extra_requirements(extra)}, extra
