@@ -36,7 +36,7 @@ demo: setup
 
 # loadgroup: the mmdetection parity tests share one worker (and its reference runs)
 test: setup reference triton test-envs
-	$(PYTHON) -m pytest -n 2 --dist loadgroup tests
+	$(PYTHON) -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 clean-demo:
 	rm -rf data/synthetic work_dirs/tiny work_dirs/r50 work_dirs/bench work_dirs/report
