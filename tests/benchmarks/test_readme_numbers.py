@@ -96,3 +96,15 @@ def test_targets_table_matches_the_demo_run():
     assert f"**{pq['ort_fp32']['pq'] - pq['ort_int8']['pq']:.2f}** ONNX Runtime int8" in readme
     for name, label in (("ort_fp32", "ONNX Runtime fp32"), ("openvino_int8", "OpenVINO int8")):
         assert f"| {label} | {pq[name]['pq']:.2f} |" in readme  # the PQ table of the same run
+
+
+def test_ap_table_matches_its_run():
+    readme = (ROOT / "README.md").read_text()
+    data = json.loads((ROOT / "benchmarks" / "results" / "pq_ap_c63ff8a.json").read_text())
+    assert data["provenance"]["commit"] == "c63ff8a" and "pq_parity.py" in data["command"]
+    labels = {"pytorch": "PyTorch eager", "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8",
+              "openvino": "OpenVINO f32", "openvino_int8": "OpenVINO int8"}
+    for r in data["rows"]:
+        if r["status"] == "ok":
+            assert (f"| {labels[r['backend']]} | {r['box_ap']:.2f} | {r['box_ap_delta']:+.2f} | {r['mask_ap']:.2f} | "
+                    f"{r['mask_ap_delta']:+.2f} | {r['pq']:.2f} |") in readme, r["backend"]
