@@ -92,9 +92,12 @@ def wheel_file() -> Path:
 
 
 def wheel_environment() -> dict[str, str]:
-    """Environment for the wheel's venv python: the main site-packages on ``PYTHONPATH`` for the
-    dependencies (numpy, opencv, onnxruntime), read without their ``.pth`` files."""
-    return {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"], "PYTHONNOUSERSITE": "1"}
+    """Environment for the wheel's venv python: this interpreter's site-packages folders (a venv's
+    own and, with ``--system-site-packages``, the system's) on ``PYTHONPATH`` for the dependencies
+    (numpy, opencv, onnxruntime), read without their ``.pth`` files."""
+    sites = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sites or [sysconfig.get_paths()["purelib"]]),
+            "PYTHONNOUSERSITE": "1"}
 
 
 def prepare_wheel() -> Path:

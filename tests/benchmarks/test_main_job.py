@@ -30,7 +30,7 @@ def test_quick_main_job_and_rerun(tmp_path):
 
     report = (tmp_path / "work_dirs" / "report" / "REPORT.md").read_text()
     for section in ("## Targets", "## Training and evaluation", "## Export parity", "## Speed: R-50 at 800x1333",
-                    "## PQ per backend", "## Runtime predictions", "## Step times"):
+                    "## PQ, box AP and mask AP per backend", "## Runtime predictions", "## Step times"):
         assert section in report, section
     overlays = list((tmp_path / "work_dirs" / "report" / "overlays").glob("*.png"))
     assert overlays and all((f"overlays/{p.name}" in report) for p in overlays)

@@ -78,13 +78,19 @@ def test_served_id_maps_equal_the_predictor(server, tiny_onnx, images, protocol)
     requests_before = _metric(server, "nv_inference_request_success")
     executions_before = _metric(server, "nv_inference_exec_count")
     jobs = [i % len(images) for i in range(64)]
+    payloads = [p.read_bytes() if i % 2 else cv2.imread(str(p)) for i, p in enumerate(images)]  # bytes and BGR arrays
+    # the first 8 requests leave together, so the batcher has several queued at once (later ones
+    # arrive as the clients get their answers: on a busy machine they need not overlap)
+    first_wave = threading.Barrier(8)
 
-    def one(i):
-        data = images[i].read_bytes() if i % 2 else cv2.imread(str(images[i]))  # bytes and BGR arrays
-        return i, client.predict(data)
+    def one(job):
+        k, i = job
+        if k < 8:
+            first_wave.wait(timeout=60)
+        return i, client.predict(payloads[i])
 
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, jobs))
+        results = list(pool.map(one, enumerate(jobs)))
     for i, result in results:
         assert np.array_equal(result.id_map, expected[i].id_map), images[i].name
         assert result.segments_info == expected[i].segments_info
