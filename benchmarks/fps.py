@@ -171,7 +171,7 @@ def round_speedups(rows: list[FpsRow], baseline: str = "pytorch") -> dict[str, d
     return out
 
 
-def format_table(rows: list[FpsRow]) -> str:
+def format_fps_table(rows: list[FpsRow]) -> str:
     head = ("| backend | status | file MB | median ms | min / max ms | p90 ms | fps | pre ms | network ms | post ms "
             "| post % | network G(FL)OP/s | % of peak |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -197,7 +197,7 @@ def speedups(rows: list[FpsRow], baseline: str = "pytorch") -> dict[str, float]:
     return {r.backend: base.median_ms / r.median_ms for r in rows if r.status == "ok"}
 
 
-def plot(rows: list[FpsRow], path: Path, title: str) -> None:
+def plot_fps(rows: list[FpsRow], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +280,7 @@ def write_fps_outputs(out: Path, rows: list[FpsRow], *, what: str, threads: int,
     for w in load_warnings:
         print(f"warning: {w}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    table = format_table(rows)
+    table = format_fps_table(rows)
     ups = speedups(rows)
     per_round = round_speedups(rows)
     md = [f"# fps: {what}", "", table, ""]
@@ -312,7 +312,7 @@ def write_fps_outputs(out: Path, rows: list[FpsRow], *, what: str, threads: int,
         "gemm_peak_after": {k: v.to_dict() for k, v in peaks_after.items()},
         "load_warnings": load_warnings, "network_gflop": gflop, "provenance": provenance(), "command": command},
         indent=2))
-    plot(rows, out / "fps.png", f"Panoptic FPN latency: {what}")
+    plot_fps(rows, out / "fps.png", f"Panoptic FPN latency: {what}")
     print(table)
     for line in md[4:]:
         if line:

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pfpn.runtime.detection_matching import match_detections
 from pfpn.runtime.trt.build_plan import one_line
 
 IMAGES_FULL = 20
@@ -145,39 +146,13 @@ def relative_error(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.abs(ref - got).max() / max(float(np.abs(ref).max()), 1e-6))
 
 
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4), (M, 4) x1 y1 x2 y2 -> (N, M) IoU in float64 (0 where the union is empty)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def match_detections(boxes_a: np.ndarray, labels_a: np.ndarray, boxes_b: np.ndarray, labels_b: np.ndarray,
-                     iou_threshold: float = MATCH_IOU) -> dict:
-    """Greedy one-to-one matching of same-label detections, best IoU first ->
-    {"num_a", "num_b", "matched" (pairs with IoU > iou_threshold), "fraction" (matched / max(num_a,
-    num_b), 1.0 when both are empty), "min_iou" of the matched pairs}."""
+def detection_agreement(boxes_a: np.ndarray, labels_a: np.ndarray, boxes_b: np.ndarray, labels_b: np.ndarray,
+                        iou_threshold: float = MATCH_IOU) -> dict:
+    """How well two runs' detections agree (runtime.detection_matching.match_detections above
+    ``iou_threshold``) -> {"num_a", "num_b", "matched", "fraction" (matched / max(num_a, num_b),
+    1.0 when both are empty), "min_iou" of the matched pairs}."""
     na, nb = len(boxes_a), len(boxes_b)
-    iou = box_iou_matrix(boxes_a, boxes_b)
-    if na and nb:
-        iou[np.asarray(labels_a)[:, None] != np.asarray(labels_b)[None, :]] = 0.0
-    used_a, used_b, ious = set(), set(), []
-    for flat in np.argsort(-iou, axis=None, kind="stable"):
-        i, j = divmod(int(flat), nb)
-        if iou[i, j] <= iou_threshold:
-            break
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        ious.append(float(iou[i, j]))
+    ious = [iou for _, _, iou in match_detections(boxes_a, labels_a, boxes_b, labels_b, iou_threshold=iou_threshold)]
     most = max(na, nb)
     return {"num_a": na, "num_b": nb, "matched": len(ious), "fraction": len(ious) / most if most else 1.0,
             "min_iou": min(ious, default=1.0)}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pfpn.benchmarks.gpu_check_common import (MATCH_IOU, CheckContext, check_result, compare_label_maps,
-                                              match_detections, median_ms, relative_error, require_gpu_driver,
+                                              detection_agreement, median_ms, relative_error, require_gpu_driver,
                                               require_torch, require_torch_cuda, summarize_map_comparisons)
 
 # torch_cuda_vs_cpu: what counts as a gross mismatch
@@ -255,7 +255,7 @@ def compare_network_outputs(ref: NetworkRun, got: NetworkRun) -> dict:
     of the semantic logits inside the image (not the padding)."""
     a, b = ref.outputs, got.outputs
     na, nb = int(a["num_detections"][0]), int(b["num_detections"][0])
-    match = match_detections(a["boxes"][0, :na], a["labels"][0, :na], b["boxes"][0, :nb], b["labels"][0, :nb])
+    match = detection_agreement(a["boxes"][0, :na], a["labels"][0, :na], b["boxes"][0, :nb], b["labels"][0, :nb])
     h4, w4 = -(-ref.resized_size[0] // 4), -(-ref.resized_size[1] // 4)
     sa, sb = a["semantic_logits"][0][:, :h4, :w4], b["semantic_logits"][0][:, :h4, :w4]
     return {**match, "semantic_rel_err": relative_error(sa, sb),

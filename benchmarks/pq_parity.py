@@ -47,7 +47,7 @@ def number_or_dash(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def format_table(rows: list[PQRow]) -> str:
+def format_parity_table(rows: list[PQRow]) -> str:
     lines = ["| backend | status | PQ | SQ | RQ | PQ things | PQ stuff | box AP | box AP delta | mask AP | "
              "mask AP delta | PQ vs PyTorch | identical pixels | ms/image |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -63,7 +63,7 @@ def format_table(rows: list[PQRow]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[PQRow], path: Path, title: str) -> None:
+def plot_parity(rows: list[PQRow], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +89,7 @@ def plot(rows: list[PQRow], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def pixel_agreement(reference_folder: Path, folder: Path, file_names: Sequence[str]) -> float:
+def folder_pixel_agreement(reference_folder: Path, folder: Path, file_names: Sequence[str]) -> float:
     """The fraction of identical pixels between two folders of panoptic PNGs (the same names)."""
     import numpy as np
 
@@ -151,7 +151,7 @@ def run_pq_parity(*, ckpt: str | Path, backends: str | Sequence[str], data_root:
             row.pq_vs_pytorch = 100 * pq_compute(reference.pred_json, ev.pred_json, reference.pred_folder,
                                                  ev.pred_folder).all["pq"]
             annotations = json.loads(Path(ev.pred_json).read_text())["annotations"]
-            row.pixels_vs_pytorch = pixel_agreement(Path(reference.pred_folder), Path(ev.pred_folder),
+            row.pixels_vs_pytorch = folder_pixel_agreement(Path(reference.pred_folder), Path(ev.pred_folder),
                                                     [ann["file_name"] for ann in annotations])
         rows.append(row)
         print(f"[{name}] PQ {row.pq:.2f}, box AP {number_or_dash(row.box_ap)} ({number_or_dash(row.box_ap_delta, '+.2f')} "
@@ -159,9 +159,9 @@ def run_pq_parity(*, ckpt: str | Path, backends: str | Sequence[str], data_root:
               flush=True)
 
     what = f"{ckpt.name} on {data_root} {split} ({rows[0].images if rows and rows[0].images else '?'} images)"
-    save_results(out, "pq_parity", what=what, table=format_table(rows), rows=rows, command=command,
+    save_results(out, "pq_parity", what=what, table=format_parity_table(rows), rows=rows, command=command,
                  title="PQ and parity")
-    plot(rows, out / "pq_parity.png", f"PQ per backend: {what}")
+    plot_parity(rows, out / "pq_parity.png", f"PQ per backend: {what}")
     print(f"wrote {out / 'pq_parity.png'}")
     return rows
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from pfpn.runtime.contract import OUTPUT_NAMES
+from pfpn.runtime.detection_matching import match_detections
 from pfpn.runtime.images import load_image
 from pfpn.runtime.preprocess import prepare_batch
-from pfpn.training.model.box_ops import box_iou
 from pfpn.training.model.panoptic_fpn import Detections
 from pfpn.training.predictor import PanopticPredictor, label_map_single_image
 
@@ -52,28 +52,6 @@ class ImageParity:
                 and self.max_score_diff <= MAX_SCORE_DIFF and self.mask_mad <= MAX_MASK_MAD
                 and self.semantic_rel_err <= MAX_SEMANTIC_REL_ERR
                 and self.panoptic_agreement >= MIN_PANOPTIC_AGREEMENT)
-
-
-def match_detections(boxes_a: torch.Tensor, labels_a: torch.Tensor, boxes_b: torch.Tensor, labels_b: torch.Tensor
-                     ) -> list[tuple[int, int, float]]:
-    """Greedy one-to-one matching by IoU among same-label pairs, best pairs first.
-    -> [(index in a, index in b, IoU)] for pairs with IoU > 0."""
-    if boxes_a.numel() == 0 or boxes_b.numel() == 0:
-        return []
-    iou = box_iou(boxes_a.double(), boxes_b.double())
-    iou[labels_a[:, None] != labels_b[None, :]] = 0
-    pairs = []
-    used_a, used_b = set(), set()
-    for flat in torch.argsort(iou.flatten(), descending=True, stable=True).tolist():
-        i, j = divmod(flat, iou.shape[1])
-        if iou[i, j] <= 0:
-            break
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        pairs.append((i, j, float(iou[i, j])))
-    return pairs
 
 
 def onnx_detections(outputs: Sequence[np.ndarray], index: int) -> tuple[Detections, torch.Tensor]:

@@ -17,7 +17,7 @@ from pfpn.runtime.files import atomic_write_json  # noqa: E402
 from pfpn.training.evaluation.pq import format_pq_table, pq_compute  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
+def evaluate_pq_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pfpn.training.evaluate_pq",
         description="Compute panoptic quality (PQ), segmentation quality (SQ) and recognition "
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = evaluate_pq_parser().parse_args(argv)
     start = time.monotonic()
     try:
         result = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,

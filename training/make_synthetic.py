@@ -14,7 +14,7 @@ from pathlib import Path
 from pfpn.training.data.synthetic import generate_synthetic_panoptic
 
 
-def build_parser() -> argparse.ArgumentParser:
+def make_synthetic_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pfpn.training.make_synthetic",
         description=(
@@ -65,7 +65,7 @@ def make_synthetic(*, root: str | Path = Path("data/synthetic"), num_train: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = make_synthetic_parser().parse_args(argv)
     try:
         make_synthetic(**vars(args))
     except ValueError as e:

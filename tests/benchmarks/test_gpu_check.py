@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 from pfpn.benchmarks import gpu_check as gc  # noqa: E402
+from pfpn.runtime.detection_matching import box_iou_matrix  # noqa: E402
 from pfpn.benchmarks import gpu_check_common as common  # noqa: E402
 from pfpn.benchmarks import gpu_check_kernels as kernels  # noqa: E402
 from pfpn.benchmarks import gpu_check_models as models  # noqa: E402
@@ -130,17 +131,17 @@ def test_compare_label_maps():
 
 
 def test_box_iou_and_detection_matching():
-    iou = common.box_iou_matrix(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2], [5, 5, 5, 9], [0, 0, 2, 2]]))
+    iou = box_iou_matrix(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2], [5, 5, 5, 9], [0, 0, 2, 2]]))
     np.testing.assert_allclose(iou, [[1 / 3, 0.0, 1.0]])
     a = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)
     b = np.array([[20, 20, 30, 30.5], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)  # permuted, one moved
-    m = common.match_detections(a, np.array([0, 1, 2]), b, np.array([1, 0, 3]))  # last pair: other label
+    m = common.detection_agreement(a, np.array([0, 1, 2]), b, np.array([1, 0, 3]))  # last pair: other label
     assert (m["num_a"], m["num_b"], m["matched"]) == (3, 3, 2)
     assert m["fraction"] == pytest.approx(2 / 3) and m["min_iou"] == pytest.approx(100 / 105)
     shifted = a + np.array([2, 0, 2, 0], np.float32)  # IoU 8/12 < 0.9: not a match
-    assert common.match_detections(a, np.zeros(3), shifted, np.zeros(3))["matched"] == 0
-    assert common.match_detections(a[:0], np.zeros(0), b[:0], np.zeros(0))["fraction"] == 1.0
-    assert common.match_detections(a, np.zeros(3), b[:0], np.zeros(0))["fraction"] == 0.0
+    assert common.detection_agreement(a, np.zeros(3), shifted, np.zeros(3))["matched"] == 0
+    assert common.detection_agreement(a[:0], np.zeros(0), b[:0], np.zeros(0))["fraction"] == 1.0
+    assert common.detection_agreement(a, np.zeros(3), b[:0], np.zeros(0))["fraction"] == 0.0
 
 
 def test_relative_error_and_comparisons():

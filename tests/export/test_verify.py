@@ -1,18 +1,5 @@
-"""The parity bookkeeping: matching by IoU (not by index), thresholds, edge rows."""
-import torch
-
-from pfpn.export.verify import ImageParity, format_parity, match_detections, passed
-
-
-def test_matching_ignores_order_and_requires_same_label():
-    a = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
-    la = torch.tensor([0, 1, 2])
-    b = torch.tensor([[20.0, 20, 30, 31], [0, 0, 10, 10]])
-    lb = torch.tensor([1, 0])
-    pairs = match_detections(a, la, b, lb)
-    assert sorted((i, j) for i, j, _ in pairs) == [(0, 1), (1, 0)]  # a[2] has label 2: unmatched
-    iou = {(i, j): v for i, j, v in pairs}
-    assert iou[(0, 1)] == 1.0 and abs(iou[(1, 0)] - 100 / 110) < 1e-9
+"""The parity bookkeeping: thresholds, edge rows (the IoU matching: tests/runtime/test_detection_matching.py)."""
+from pfpn.export.verify import ImageParity, format_parity, passed
 
 
 def _row(**kw):
