@@ -12,7 +12,6 @@ CODE = r"""
 import sys
 sys.modules["torch"] = None          # any `import torch` now raises ImportError
 sys.modules["torchvision"] = None
-sys.path.insert(0, {root!r})
 import pfpn.runtime
 from pfpn.runtime import Predictor
 import pfpn.runtime.backends, pfpn.runtime.contract, pfpn.runtime.images, pfpn.runtime.panoptic_io, pfpn.runtime.fusion
@@ -45,8 +44,7 @@ def test_no_torch_import_in_runtime_sources():
 def test_engine_builder_and_plugins_import_without_torch():
     """Building a trt-flavor engine loads plugins/trt_plugins.py; neither may pull in PyTorch."""
     code = ("import sys\nsys.modules['torch'] = None\nsys.modules['torchvision'] = None\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "import runtime.build_engine, plugins.trt_plugins, plugins.ort_ops, plugins.names\n"
+            "import pfpn.runtime.build_engine, pfpn.plugins.trt_plugins, pfpn.plugins.ort_ops, pfpn.plugins.names\n"
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

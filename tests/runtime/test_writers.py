@@ -152,7 +152,6 @@ def test_postprocess_and_writers_import_without_torch(tmp_path):
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
 sys.modules["torchvision"] = None
-sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
 import pfpn.runtime.fusion as pp, pfpn.runtime.writers as wr
 from pfpn.runtime.categories import CategoryTable
