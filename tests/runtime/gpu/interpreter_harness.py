@@ -288,3 +288,19 @@ RANDOM_GEOMETRIES = [
     ImageGeometry((80, 60), (53, 40), (64, 64), (40 / 60, 53 / 80)),  # downscaled, odd factors
     ImageGeometry((61, 83), (100, 136), (128, 160), (136 / 83, 100 / 61)),  # non-round sizes
 ]
+
+
+def interpreter_tests(test_file: str | Path):
+    """The two pytest objects every interpreter test file needs, for its ``check_*`` functions:
+    ``child_results, test_interpreted = interpreter_tests(__file__)`` (a module fixture that runs
+    all checks once in the child, and one parametrized test per check)."""
+
+    @pytest.fixture(scope="module")
+    def child_results(tmp_path_factory) -> dict:
+        return run_checks_in_child(test_file, tmp_path_factory)
+
+    @pytest.mark.parametrize("check", check_names(test_file))
+    def test_interpreted(child_results, check):
+        assert_check_passed(child_results, check)
+
+    return child_results, test_interpreted

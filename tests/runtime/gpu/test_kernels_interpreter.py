@@ -8,27 +8,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from pfpn.runtime.contract import FusionConfig
 from pfpn.runtime.gpu.device_fusion import ImageGeometry, KernelConfig
 
-from tests.runtime.gpu.interpreter_harness import (CFG, FULL, GEOM, IN_CHILD, S, T, VOID, assert_check_passed,
-                                                   check_names, exact_fma_f32, make_inputs, run_case,
-                                                   run_checks_in_child, run_interpreted, stuff_logits)
+from tests.runtime.gpu.interpreter_harness import (CFG, FULL, GEOM, IN_CHILD, S, T, VOID, exact_fma_f32,
+                                                   interpreter_tests, make_inputs, run_case, run_interpreted,
+                                                   stuff_logits)
 
 if IN_CHILD:
     import torch
 
 
-@pytest.fixture(scope="module")
-def child_results(tmp_path_factory) -> dict:
-    return run_checks_in_child(__file__, tmp_path_factory)
-
-
-@pytest.mark.parametrize("check", check_names(__file__))
-def test_interpreted(child_results, check):
-    assert_check_passed(child_results, check)
+child_results, test_interpreted = interpreter_tests(__file__)
 
 
 # ----------------------------------------------------------------------------------------------

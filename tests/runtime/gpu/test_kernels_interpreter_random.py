@@ -14,8 +14,8 @@ import pytest
 from pfpn.runtime.contract import FusionConfig
 from pfpn.runtime.gpu.device_fusion import ImageGeometry, KernelConfig
 
-from tests.runtime.gpu.interpreter_harness import (IN_CHILD, RANDOM_GEOMETRIES, assert_check_passed, check_names,
-                                                   compare, random_case, run_checks_in_child, run_reference)
+from tests.runtime.gpu.interpreter_harness import (IN_CHILD, RANDOM_GEOMETRIES, compare, interpreter_tests,
+                                                   random_case, run_reference)
 
 if IN_CHILD:
     import torch
@@ -23,14 +23,7 @@ if IN_CHILD:
     from pfpn.runtime.gpu import kernels as K
 
 
-@pytest.fixture(scope="module")
-def child_results(tmp_path_factory) -> dict:
-    return run_checks_in_child(__file__, tmp_path_factory)
-
-
-@pytest.mark.parametrize("check", check_names(__file__))
-def test_interpreted(child_results, check):
-    assert_check_passed(child_results, check)
+child_results, test_interpreted = interpreter_tests(__file__)
 
 
 @pytest.mark.parametrize("seed", range(8))

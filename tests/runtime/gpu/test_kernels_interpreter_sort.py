@@ -8,14 +8,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from pfpn.runtime.contract import FusionConfig
 from pfpn.runtime.gpu.device_fusion import SPECS_BY_NAME, KernelConfig
 from pfpn.runtime.torch_sort import fusion_order, std_sort  # the numpy runtime's emulation of torch's CPU sort
 
-from tests.runtime.gpu.interpreter_harness import (GEOM, IN_CHILD, S, T, assert_check_passed, check_names, make_inputs,
-                                                   run_case, run_checks_in_child)
+from tests.runtime.gpu.interpreter_harness import (GEOM, IN_CHILD, S, T, interpreter_tests, make_inputs, run_case)
 
 if IN_CHILD:
     import torch
@@ -23,14 +21,7 @@ if IN_CHILD:
     from pfpn.runtime.gpu import kernels as K
 
 
-@pytest.fixture(scope="module")
-def child_results(tmp_path_factory) -> dict:
-    return run_checks_in_child(__file__, tmp_path_factory)
-
-
-@pytest.mark.parametrize("check", check_names(__file__))
-def test_interpreted(child_results, check):
-    assert_check_passed(child_results, check)
+child_results, test_interpreted = interpreter_tests(__file__)
 
 
 def check_tied_scores_follow_torch_unstable_sort():
